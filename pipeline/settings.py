@@ -79,7 +79,7 @@ class ServiceSettings:
     voice: str = ""
     workers: int = 1
     cache_dir: str = "~/.cache/xtts-stream"
-    max_message_bytes: int = 1048576
+    max_message_bytes: int = 4194304
     max_text_chars: int = 100000
     max_streams_per_client: int = 32
     max_queued_blocks_per_stream: int = 4000
@@ -89,6 +89,7 @@ class ServiceSettings:
     restart_limit: int = 5
     restart_window_s: float = 60.0
     stop_grace_s: float = 3.0
+    forced_tokens_per_char: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ def load_settings(path: str | os.PathLike | None = None, env: Mapping[str, str] 
 
 def settings_from_dict(data: Mapping[str, Any]) -> Settings:
     """Rebuild settings sent between processes (the supervisor passes them on)."""
-    return _build({"service": data["service"], "profiles": data["profiles"]}, {})
+    profiles = {name: {k: v for k, v in table.items() if k != "name"} for name, table in data["profiles"].items()}
+    return _build({"service": data["service"], "profiles": profiles}, {})
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -1,0 +1,270 @@
+"""The client library: embed xtts-stream as a backend stage of another program.
+
+    async with Client("tcp://127.0.0.1:5555") as client:
+        async for block in client.speak("Hello there."):
+            play(block.pcm)
+
+    stream = client.open_stream(profile="fast")
+    await stream.send("Hello, ")        # deltas, as an LLM writes them
+    await stream.end()
+    async for block in stream: ...
+
+One DEALER socket per client carries any number of concurrent streams; a
+reader task routes replies to each stream's queue. Imports neither torch nor
+coqui-tts. `SyncClient` wraps the same for blocking code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import zmq
+import zmq.asyncio
+
+from . import protocol as p
+from .codec import DecodeError, decode, encode
+
+
+class ServiceError(RuntimeError):
+    """The service refused or failed a request; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str, stream: str = ""):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.stream = stream
+
+
+class ServiceUnavailable(ServiceError):
+    pass
+
+
+_END = object()
+
+
+@dataclass
+class Utterance:
+    """One stream's replies: iterate for blocks; `metrics` is set once done."""
+
+    client: "Client"
+    stream: str
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    accepted: p.Accepted | None = None
+    metrics: dict[str, Any] | None = None
+    t_sent: float = field(default_factory=time.monotonic)
+    t_first_block: float | None = None
+    _finished: bool = False
+
+    async def send(self, delta: str) -> None:
+        await self.client._send(p.Append(stream=self.stream, text=delta))
+
+    async def end(self) -> None:
+        await self.client._send(p.End(stream=self.stream))
+
+    async def cancel(self) -> None:
+        await self.client._send(p.Cancel(stream=self.stream))
+
+    @property
+    def client_ttfa_ms(self) -> float | None:
+        return (self.t_first_block - self.t_sent) * 1000 if self.t_first_block else None
+
+    def __aiter__(self) -> AsyncIterator[p.AudioBlock]:
+        return self._blocks()
+
+    async def _blocks(self) -> AsyncIterator[p.AudioBlock]:
+        while not self._finished:
+            item = await self.client._next(self)
+            if item is _END:
+                self._finished = True
+                return
+            if isinstance(item, Exception):
+                self._finished = True
+                raise item
+            yield item
+
+    async def collect(self) -> bytes:
+        """All the audio as one PCM byte string (s16le at ``accepted.sample_rate``)."""
+        return b"".join([bytes(block.pcm) async for block in self])
+
+
+class Client:
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", timeout_s: float = 60.0,
+                 curve_server_key: bytes | None = None, curve_client_keys: tuple[bytes, bytes] | None = None):
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if curve_server_key and curve_client_keys:
+            self.sock.curve_serverkey = curve_server_key
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve_client_keys
+        self.sock.connect(endpoint)
+        self._streams: dict[str, Utterance] = {}
+        self._status: dict[str, asyncio.Future] = {}
+        self._errors: asyncio.Queue = asyncio.Queue()
+        self._ids = itertools.count()
+        self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._reader: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self.sock.close()
+        self.ctx.term()
+
+    # -- requests ------------------------------------------------------------
+
+    def speak(self, text: str, profile: str = "", overrides: dict[str, Any] | None = None, language: str = "",
+              voice: str = "", deliver: str = "client", stream: str | None = None) -> Utterance:
+        utt = self._new(stream)
+        self._start(p.Speak(stream=utt.stream, text=text, profile=profile, overrides=overrides or {},
+                            language=language, voice=voice, deliver=deliver))
+        return utt
+
+    def open_stream(self, profile: str = "", overrides: dict[str, Any] | None = None, language: str = "",
+                    voice: str = "", deliver: str = "client", stream: str | None = None) -> Utterance:
+        utt = self._new(stream)
+        self._start(p.Open(stream=utt.stream, profile=profile, overrides=overrides or {}, language=language,
+                           voice=voice, deliver=deliver))
+        return utt
+
+    async def status(self, timeout_s: float | None = None) -> p.StatusReply:
+        request = f"{self._prefix}-status-{next(self._ids)}"
+        fut = asyncio.get_running_loop().create_future()
+        self._status[request] = fut
+        self._ensure_reader()
+        await self._send(p.Status(request=request))
+        try:
+            return await asyncio.wait_for(fut, timeout_s or self.timeout_s)
+        except asyncio.TimeoutError:
+            raise ServiceUnavailable("timeout", f"no status reply from {self.endpoint} within "
+                                     f"{timeout_s or self.timeout_s:.1f} s (is the service running and ready?)") from None
+        finally:
+            self._status.pop(request, None)
+
+    async def wait_ready(self, timeout_s: float = 120.0) -> p.StatusReply:
+        """Until the service answers (it opens its socket once a worker is ready)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceUnavailable("timeout", f"service at {self.endpoint} not ready within {timeout_s:.0f} s")
+            try:
+                return await self.status(min(left, 2.0))
+            except ServiceUnavailable:
+                continue
+
+    # -- internals -----------------------------------------------------------
+
+    def _new(self, stream: str | None) -> Utterance:
+        sid = stream or f"{self._prefix}-{next(self._ids)}"
+        if sid in self._streams:
+            raise ValueError(f"stream id '{sid}' is already in use on this client")
+        utt = Utterance(self, sid)
+        self._streams[sid] = utt
+        return utt
+
+    def _start(self, msg: p.Message) -> None:
+        # pyzmq's asyncio socket keeps sends in call order, so a later awaited
+        # send(delta) cannot overtake this open request.
+        self._ensure_reader()
+        self.sock.send_multipart(encode(msg), copy=False)
+
+    async def _send(self, msg: p.Message) -> None:
+        await self.sock.send_multipart(encode(msg), copy=False)
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _next(self, utt: Utterance):
+        try:
+            return await asyncio.wait_for(utt.queue.get(), self.timeout_s)
+        except asyncio.TimeoutError:
+            self._streams.pop(utt.stream, None)
+            return ServiceUnavailable("timeout", f"no reply for stream '{utt.stream}' within {self.timeout_s:.0f} s")
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart(copy=False)
+            try:
+                msg = decode(frames)
+            except DecodeError as exc:
+                await self._errors.put(ServiceError(exc.code, f"undecodable reply: {exc}"))
+                continue
+            self._route(msg)
+
+    def _route(self, msg: p.Message) -> None:
+        if isinstance(msg, p.StatusReply):
+            fut = self._status.get(msg.request)
+            if fut and not fut.done():
+                fut.set_result(msg)
+            return
+        utt = self._streams.get(getattr(msg, "stream", ""))
+        if utt is None:
+            if isinstance(msg, p.Error):
+                self._errors.put_nowait(ServiceError(msg.code, msg.message, msg.stream))
+            return
+        if isinstance(msg, p.Accepted):
+            utt.accepted = msg
+        elif isinstance(msg, p.AudioBlock):
+            utt.t_first_block = utt.t_first_block or time.monotonic()
+            utt.queue.put_nowait(msg)
+        elif isinstance(msg, p.Done):
+            utt.metrics = msg.metrics
+            self._streams.pop(utt.stream, None)
+            utt.queue.put_nowait(_END)
+        elif isinstance(msg, p.Error):
+            if msg.code == "chunk_failed":  # the stream goes on without that chunk
+                return
+            self._streams.pop(utt.stream, None)
+            utt.queue.put_nowait(ServiceError(msg.code, msg.message, msg.stream))
+
+
+class SyncClient:
+    """Blocking wrapper: each call runs the async client on a private event loop."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", timeout_s: float = 60.0):
+        self._loop = asyncio.new_event_loop()
+        self._client = self._loop.run_until_complete(self._make(endpoint, timeout_s))
+
+    @staticmethod
+    async def _make(endpoint: str, timeout_s: float) -> Client:
+        return Client(endpoint, timeout_s)
+
+    def speak(self, text: str, **kwargs: Any) -> tuple[bytes, dict[str, Any], int]:
+        """Speak and wait: (PCM s16le, metrics, sample rate)."""
+        async def run():
+            utt = self._client.speak(text, **kwargs)
+            pcm = await utt.collect()
+            return pcm, utt.metrics or {}, utt.accepted.sample_rate if utt.accepted else 0
+        return self._loop.run_until_complete(run())
+
+    def status(self, timeout_s: float | None = None) -> p.StatusReply:
+        return self._loop.run_until_complete(self._client.status(timeout_s))
+
+    def wait_ready(self, timeout_s: float = 120.0) -> p.StatusReply:
+        return self._loop.run_until_complete(self._client.wait_ready(timeout_s))
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()
+
+    def __enter__(self) -> "SyncClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

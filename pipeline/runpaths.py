@@ -1,0 +1,59 @@
+"""Where a running service's processes meet: one run directory of ipc:// sockets.
+
+The coordinator binds every internal socket; workers and the sink connect, so a
+restarted process finds the others where they were. Each process also binds a
+control socket of its own, on which the supervisor asks it to shut down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import Settings, settings_from_dict
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    def ipc(self, name: str) -> str:
+        return f"ipc://{self.root / (name + '.sock')}"
+
+    @property
+    def workers(self) -> str:
+        return self.ipc("workers")
+
+    @property
+    def sink_in(self) -> str:
+        return self.ipc("sink-in")
+
+    @property
+    def sink_out(self) -> str:
+        return self.ipc("sink-out")
+
+    def ctl(self, process: str) -> str:
+        return self.ipc(f"ctl-{process}")
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / "settings.json"
+
+    def write_settings(self, settings: Settings) -> None:
+        tmp = self.settings_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings.to_dict()))
+        os.replace(tmp, self.settings_file)
+
+    def read_settings(self) -> Settings:
+        return settings_from_dict(json.loads(self.settings_file.read_text()))
+
+
+def unlink_ipc(endpoint: str) -> None:
+    """Remove the socket file an ipc:// bind left behind."""
+    if endpoint.startswith("ipc://"):
+        try:
+            os.unlink(endpoint[len("ipc://"):])
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,190 @@
+"""The supervisor: starts the coordinator, the sink and the workers, keeps them running.
+
+A reconcile loop compares the processes that should run with those that do and
+restarts the difference, at most ``restart_limit`` times per process within
+``restart_window_s``; past that it stops trying, says so loudly and reports the
+service unhealthy (through the coordinator's status). Stopping escalates:
+a polite Shutdown on the process's control socket, then SIGTERM, then SIGKILL,
+and the step that was needed is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from . import protocol as p
+from .codec import encode
+from .runpaths import RunPaths
+from .settings import Settings
+
+log = logging.getLogger("xtts_stream.supervisor")
+
+
+@dataclass
+class Managed:
+    name: str
+    argv: list[str]
+    ctl: str
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen | None = None
+    starts: deque = field(default_factory=deque)
+    restarts: int = 0
+    given_up: bool = False
+    stop_step: str = ""
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, run_dir: Path | None = None, log_level: str = "INFO",
+                 worker_env: dict[str, str] | None = None, log_dir: Path | None = None):
+        self.settings = settings
+        self._own_run_dir = run_dir is None
+        self.run = RunPaths(Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="xtts-stream-")))
+        self.log_level = log_level
+        self.log_dir = log_dir
+        self.ctx = zmq.Context()
+        self.stop_requested = False
+        py = sys.executable
+        svc = settings.service
+        self.processes = [
+            Managed("coordinator", [py, "-m", "pipeline.coordinator", "--run-dir", str(self.run.root)],
+                    self.run.ctl("coordinator")),
+            Managed("sink", [py, "-m", "workers.sink", "--in", self.run.sink_in, "--out", self.run.sink_out,
+                             "--ctl", self.run.ctl("sink")], self.run.ctl("sink")),
+        ] + [
+            Managed(f"w{i}", [py, "-m", "workers.worker", "--run-dir", str(self.run.root), "--name", f"w{i}"],
+                    self.run.ctl(f"w{i}"), env=worker_env)
+            for i in range(svc.workers)
+        ]
+
+    # -- running -------------------------------------------------------------
+
+    def start(self) -> None:
+        self.run.root.mkdir(parents=True, exist_ok=True)
+        self.run.write_settings(self.settings)
+        for m in self.processes:
+            self._spawn(m)
+
+    def serve_forever(self, poll_s: float = 0.1) -> None:
+        """Run until SIGINT/SIGTERM, then stop everything in order."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
+        self.start()
+        try:
+            while not self.stop_requested:
+                self.reconcile()
+                time.sleep(poll_s)
+        finally:
+            self.stop()
+
+    def reconcile(self) -> None:
+        changed = False
+        for m in self.processes:
+            if m.given_up or m.proc is None or m.proc.poll() is None:
+                continue
+            changed = True
+            log.error("%s (pid %d) exited with code %s", m.name, m.proc.pid, m.proc.returncode)
+            self._restart_or_give_up(m)
+            if m.name == "coordinator" and not m.given_up:
+                changed = True  # a new coordinator needs the health report again
+        if changed:
+            self._report_health()
+
+    def _restart_or_give_up(self, m: Managed) -> None:
+        window = self.settings.service.restart_window_s
+        now = time.monotonic()
+        while m.starts and now - m.starts[0] > window:
+            m.starts.popleft()
+        if len(m.starts) > self.settings.service.restart_limit:
+            m.given_up = True
+            log.critical("%s died %d times within %.0f s; not restarting it again: the service is unhealthy",
+                         m.name, len(m.starts), window)
+            return
+        m.restarts += 1
+        self._spawn(m)
+
+    @property
+    def healthy(self) -> bool:
+        return not any(m.given_up for m in self.processes)
+
+    def health(self) -> dict[str, object]:
+        return {
+            "processes": {m.name: {"pid": m.proc.pid if m.proc else None, "restarts": m.restarts,
+                                   "given_up": m.given_up} for m in self.processes},
+        }
+
+    def _report_health(self) -> None:
+        msg = p.StatusReply(request="supervisor", healthy=self.healthy, state=self.health())
+        self._tell(self.run.ctl("coordinator"), msg)
+
+    def _spawn(self, m: Managed) -> None:
+        m.starts.append(time.monotonic())
+        env = {**os.environ, **(m.env or {})}
+        argv = m.argv + (["--log-level", self.log_level] if m.name != "sink" else [])
+        out = open(self.log_dir / f"{m.name}.log", "ab") if self.log_dir else None
+        m.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                  start_new_session=False)
+        if out:
+            out.close()
+        log.info("started %s (pid %d)", m.name, m.proc.pid)
+
+    # -- stopping ------------------------------------------------------------
+
+    def stop(self) -> dict[str, str]:
+        """Coordinator first (it stops taking text and tells clients), then workers, then the sink."""
+        order = [m for m in self.processes if m.name == "coordinator"] + \
+                [m for m in self.processes if m.name.startswith("w")] + \
+                [m for m in self.processes if m.name == "sink"]
+        for m in order:
+            m.stop_step = self._escalate(m)
+            log.info("%s stopped (%s)", m.name, m.stop_step)
+        self.ctx.destroy(linger=0)
+        if self._own_run_dir:
+            shutil.rmtree(self.run.root, ignore_errors=True)
+        return {m.name: m.stop_step for m in self.processes}
+
+    def _escalate(self, m: Managed) -> str:
+        proc = m.proc
+        if proc is None or proc.poll() is not None:
+            return "already_exited"
+        grace = self.settings.service.stop_grace_s
+        self._tell(m.ctl, p.Shutdown(reason="supervisor stopping"))
+        if _wait(proc, grace):
+            return "request"
+        proc.terminate()
+        if _wait(proc, grace):
+            return "sigterm"
+        proc.kill()
+        proc.wait()
+        return "sigkill"
+
+    def _tell(self, endpoint: str, msg: p.Message) -> None:
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 500)
+        sock.setsockopt(zmq.SNDTIMEO, 500)
+        sock.connect(endpoint)
+        try:
+            sock.send_multipart(encode(msg))
+        except zmq.Again:
+            log.warning("could not deliver %s to %s", type(msg).__name__, endpoint)
+        finally:
+            sock.close()
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False

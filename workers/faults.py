@@ -1,0 +1,43 @@
+"""Misbehaviour on purpose, for the tests that prove supervision and the seams.
+
+Set ``XTTS_STREAM_FAULTS`` to a comma-separated list; a fault with a number
+takes it after ``=``. Unset (the default) nothing here changes behaviour.
+
+- ``duplicate_chunks``: after a chunk's last piece, send all its pieces again (the reassembler must drop them)
+- ``fail_start``: exit with an error before the ready handshake
+- ``hang_after=N``: stop answering (no pieces, no heartbeats) after N chunks
+- ``exit_after=N``: die abruptly (os._exit) after N chunks, mid-stream
+- ``ignore_shutdown``: ignore the polite shutdown request
+- ``ignore_sigterm``: ignore SIGTERM too (only SIGKILL stops it)
+- ``slow_start=S``: sleep S seconds before the ready handshake
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+ENV = "XTTS_STREAM_FAULTS"
+
+
+@dataclass(frozen=True)
+class Faults:
+    duplicate_chunks: bool = False
+    fail_start: bool = False
+    hang_after: int = 0
+    exit_after: int = 0
+    ignore_shutdown: bool = False
+    ignore_sigterm: bool = False
+    slow_start: float = 0.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Faults":
+        spec = (os.environ if env is None else env).get(ENV, "")
+        values: dict[str, object] = {}
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            name, _, arg = item.partition("=")
+            if name not in cls.__dataclass_fields__:
+                raise ValueError(f"unknown fault '{name}' in {ENV}; valid: {', '.join(cls.__dataclass_fields__)}")
+            kind = cls.__dataclass_fields__[name].type
+            values[name] = True if kind == "bool" else (float(arg) if kind == "float" else int(arg))
+        return cls(**values)

@@ -1,0 +1,240 @@
+"""The GPU worker process: IO thread <-> queues <-> synthesis loop.
+
+The synthesis loop (main thread) never touches a socket: one IO thread owns the
+DEALER to the coordinator and the control socket, decodes what arrives onto the
+inbound queue, and sends what the loop puts on an inproc pipe. Control messages
+(cancel, shutdown) are applied before new work, so a barge-in takes effect at
+the next step. Heartbeats come from the synthesis loop itself: a loop stuck in
+the engine stops beating and is declared hung.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from pipeline import protocol as p
+from pipeline.codec import DecodeError, decode, encode
+from pipeline.runpaths import RunPaths, unlink_ipc
+
+from .engines.base import Engine, JobFailed, PieceOut, SynthJob
+from .faults import Faults
+
+log = logging.getLogger("xtts_stream.worker")
+
+
+class WorkerIO(threading.Thread):
+    """Moves frames between sockets and the synthesis loop's queues."""
+
+    def __init__(self, ctx: zmq.Context, identity: bytes, endpoint: str, ctl_endpoint: str, inbound: queue.Queue):
+        super().__init__(name="worker-io", daemon=True)
+        self.inbound = inbound
+        self.ctl_endpoint = ctl_endpoint
+        self.dealer = ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.IDENTITY, identity)
+        self.dealer.setsockopt(zmq.LINGER, 2000)
+        self.dealer.connect(endpoint)
+        self.ctl = ctx.socket(zmq.PULL)
+        self.ctl.setsockopt(zmq.LINGER, 0)
+        self.ctl.bind(ctl_endpoint)
+        self.pipe_in = ctx.socket(zmq.PULL)
+        self.pipe_in.bind(f"inproc://out-{id(self)}")
+        self.pipe_out = ctx.socket(zmq.PUSH)  # used by the synthesis thread only
+        self.pipe_out.connect(f"inproc://out-{id(self)}")
+        self.stopped = threading.Event()
+
+    def send(self, msg: p.Message) -> None:
+        """Called from the synthesis thread."""
+        self.pipe_out.send_multipart(encode(msg), copy=False)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.dealer, self.ctl, self.pipe_in):
+            poller.register(sock, zmq.POLLIN)
+        while not self.stopped.is_set():
+            for sock, _ in poller.poll(100):
+                frames = sock.recv_multipart(copy=False)
+                if sock is self.pipe_in:
+                    self.dealer.send_multipart(frames, copy=False)
+                    continue
+                try:
+                    self.inbound.put(decode(frames))
+                except DecodeError as exc:
+                    log.error("undecodable message on %s: %s", "control" if sock is self.ctl else "dealer", exc)
+
+    def flush_and_close(self) -> None:
+        """Send what the loop queued, then close; called after the loop has stopped."""
+        self.stopped.set()
+        self.join(timeout=2)
+        while self.pipe_in.poll(0):
+            self.dealer.send_multipart(self.pipe_in.recv_multipart(copy=False), copy=False)
+        for sock in (self.pipe_out, self.pipe_in, self.ctl, self.dealer):
+            sock.close()
+        unlink_ipc(self.ctl_endpoint)
+
+
+class SynthesisLoop:
+    def __init__(self, engine: Engine, io: WorkerIO, name: str, heartbeat_s: float, faults: Faults):
+        self.engine = engine
+        self.io = io
+        self.name = name
+        self.heartbeat_s = heartbeat_s
+        self.faults = faults
+        self.stop_requested = False
+        self.chunks_seen = 0
+        self._last_beat = 0.0
+        self._sent: dict[tuple, list[p.AudioPiece]] = {}
+
+    def run(self) -> None:
+        while not self.stop_requested:
+            self._take_messages(block=not self.engine.has_work())
+            if self.stop_requested:
+                break
+            if self.engine.has_work():
+                for out in self.engine.step():
+                    self._send_result(out)
+            self._beat()
+
+    def _take_messages(self, block: bool) -> None:
+        timeout = self.heartbeat_s if block else 0
+        try:
+            msgs = [self.io.inbound.get(timeout=timeout) if block else self.io.inbound.get_nowait()]
+        except queue.Empty:
+            return
+        while True:
+            try:
+                msgs.append(self.io.inbound.get_nowait())
+            except queue.Empty:
+                break
+        # Control first: a cancel must not wait behind the chunks that arrived with it.
+        for msg in sorted(msgs, key=lambda m: not isinstance(m, (p.CancelStream, p.Shutdown))):
+            self._apply(msg)
+
+    def _apply(self, msg: p.Message) -> None:
+        if isinstance(msg, p.SynthChunk):
+            self._accept_chunk(msg)
+        elif isinstance(msg, p.CancelStream):
+            dropped = self.engine.cancel(msg.stream, msg.below_epoch)
+            log.debug("cancelled stream %s below epoch %d: %d job(s) dropped", msg.stream, msg.below_epoch, dropped)
+        elif isinstance(msg, p.Shutdown):
+            if self.faults.ignore_shutdown:
+                log.warning("ignoring shutdown request (fault injection)")
+                return
+            log.info("shutdown requested: %s", msg.reason or "no reason given")
+            self.stop_requested = True
+        else:
+            log.warning("unexpected %s from the coordinator; ignored", type(msg).__name__)
+
+    def _accept_chunk(self, msg: p.SynthChunk) -> None:
+        self.chunks_seen += 1
+        if self.faults.exit_after and self.chunks_seen > self.faults.exit_after:
+            log.error("exiting abruptly (fault injection)")
+            os._exit(3)
+        if self.faults.hang_after and self.chunks_seen > self.faults.hang_after:
+            log.error("hanging (fault injection)")
+            while True:
+                time.sleep(3600)
+        self.engine.add(SynthJob(stream=msg.stream, epoch=msg.epoch, chunk_index=msg.chunk_index, text=msg.text,
+                                 language=msg.language, voice=msg.voice, sampling=dict(msg.sampling),
+                                 priority=msg.priority, forced_tokens=msg.forced_tokens or None))
+
+    def _send_result(self, out: PieceOut | JobFailed) -> None:
+        job = out.job
+        if isinstance(out, JobFailed):
+            self.io.send(p.ChunkFailed(stream=job.stream, epoch=job.epoch, chunk_index=job.chunk_index,
+                                       message=out.message))
+            return
+        pcm = out.samples.astype("<i2", copy=False).tobytes()
+        piece = p.AudioPiece(stream=job.stream, epoch=job.epoch, chunk_index=job.chunk_index,
+                             piece_index=out.piece_index, sample_offset=out.sample_offset,
+                             sample_count=len(pcm) // 2, sample_rate=self.engine.info.sample_rate,
+                             final=out.final, pcm=pcm)
+        self.io.send(piece)
+        if self.faults.duplicate_chunks:
+            # Replay the whole chunk after its last piece: a reassembler that let
+            # copies through would make the listener hear the phrase twice.
+            sent = self._sent.setdefault(job.key, [])
+            sent.append(piece)
+            if out.final:
+                for again in self._sent.pop(job.key):
+                    self.io.send(again)
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat >= self.heartbeat_s:
+            self._last_beat = now
+            self.io.send(p.Heartbeat(worker=self.name))
+
+
+def serve(run: RunPaths, name: str) -> int:
+    settings = run.read_settings()
+    faults = Faults.from_env()
+    if faults.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctx = zmq.Context()
+    identity = f"{name}-{os.getpid()}".encode()
+    io = WorkerIO(ctx, identity, run.workers, run.ctl(name), queue.Queue())
+    io.start()
+    try:
+        engine = _start_engine(settings, faults)
+    except Exception as exc:
+        log.exception("worker %s could not start its engine", name)
+        io.send(p.Dead(worker=name, reason=f"engine failed to start: {exc}"))
+        io.flush_and_close()
+        ctx.term()
+        return 2
+    info = engine.info
+    io.send(p.Ready(worker=name, engine=info.engine, model=info.model, sample_rate=info.sample_rate,
+                    dtype=info.dtype, device=info.device, pid=os.getpid(), char_limits=dict(info.char_limits)))
+    loop = SynthesisLoop(engine, io, name, settings.service.heartbeat_interval_s, faults)
+    if not faults.ignore_sigterm:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(loop, "stop_requested", True))
+    code = 0
+    try:
+        loop.run()
+    except Exception as exc:  # the engine itself broke: say so in band, then die
+        log.exception("synthesis loop failed")
+        io.send(p.Dead(worker=name, reason=f"{type(exc).__name__}: {exc}"))
+        code = 1
+    engine.close()
+    io.flush_and_close()
+    ctx.term()
+    log.info("worker %s stopped", name)
+    return code
+
+
+def _start_engine(settings, faults: Faults) -> Engine:
+    if faults.slow_start:
+        time.sleep(faults.slow_start)
+    if faults.fail_start:
+        raise RuntimeError("failing at start (fault injection)")
+    from .engine_choice import build_engine
+    engine = build_engine(settings.service)
+    t0 = time.monotonic()
+    engine.warm_up()
+    log.info("engine %s warmed up in %.2f s", engine.info.engine, time.monotonic() - t0)
+    return engine
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.worker")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--name", default="w0")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s worker[{args.name}] %(levelname)s %(name)s: %(message)s")
+    return serve(RunPaths(args.run_dir), args.name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
