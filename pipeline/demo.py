@@ -1,0 +1,50 @@
+"""`scripts/demo`: start the service, speak the sample paragraph to a WAV, print the metrics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from .cli import write_wav
+from .client import Client
+from .service_process import ServiceProcess
+
+SAMPLE = ("The otherworldly light spilled over us, cold and silver, and for a moment nobody spoke. "
+          "Then the old woman raised her lantern and whispered: do you see it?")
+
+
+async def _speak(endpoint: str, text: str, profile: str) -> tuple[bytes, int, dict]:
+    async with Client(endpoint, timeout_s=120) as client:
+        utt = client.speak(text, profile=profile)
+        pcm = await utt.collect()
+        metrics = {**(utt.metrics or {}), "client_ttfa_ms": round(utt.client_ttfa_ms or 0, 3)}
+        return pcm, utt.accepted.sample_rate, metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/demo")
+    ap.add_argument("--out", type=Path, default=Path("out/demo.wav"))
+    ap.add_argument("--profile", default="fast")
+    ap.add_argument("--text", default=SAMPLE)
+    ap.add_argument("--engine", default=None, choices=("auto", "piper", "xtts"))
+    ap.add_argument("--checkpoint", default=None)
+    args = ap.parse_args(argv)
+    serve_args = [*(["--engine", args.engine] if args.engine else []),
+                  *(["--checkpoint", args.checkpoint] if args.checkpoint else [])]
+    print("starting the service ...", file=sys.stderr, flush=True)
+    with ServiceProcess(*serve_args) as svc:
+        pcm, rate, metrics = asyncio.run(_speak(svc.endpoint, args.text, args.profile))
+    write_wav(args.out, pcm, rate)
+    metrics["out"] = str(args.out)
+    print(json.dumps(metrics, sort_keys=True))
+    print(f"wrote {args.out}: {metrics.get('audio_s')} s of audio from the {metrics.get('engine')} engine; "
+          f"time to first audio {metrics.get('ttfa_ms')} ms (client saw {metrics.get('client_ttfa_ms')} ms)",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Run `xtts-stream serve` as a child process: for the demo, the tests and the benchmark.
+
+The service gets its own ipc:// endpoint in a fresh directory (no fixed port to
+collide on), is waited for until it answers, and is stopped with the same
+escalation the supervisor uses on its own children.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .client import ServiceUnavailable, SyncClient
+
+
+class ServiceProcess:
+    def __init__(self, *serve_args: str, env: dict[str, str] | None = None, ready_timeout_s: float = 180.0,
+                 log_path: Path | None = None, endpoint: str | None = None):
+        self.dir = Path(tempfile.mkdtemp(prefix="xtts-svc-"))
+        self.endpoint = endpoint or f"ipc://{self.dir}/client.sock"
+        self.args = ["serve", "--endpoint", self.endpoint, *serve_args]
+        self.env = {**os.environ, **(env or {})}
+        self.ready_timeout_s = ready_timeout_s
+        self.log_path = log_path or self.dir / "service.log"
+        self.proc: subprocess.Popen | None = None
+        self.stop_step = ""
+        self.orphans = False
+
+    def start(self) -> "ServiceProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *self.args], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        with SyncClient(self.endpoint, timeout_s=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"service exited with code {self.proc.returncode} before it was ready; "
+                                       f"log:\n{self.log_tail()}")
+                try:
+                    client.status(timeout_s=1.0)
+                    return
+                except ServiceUnavailable:
+                    continue
+        raise RuntimeError(f"service not ready within {self.ready_timeout_s:.0f} s; log:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, grace_s: float = 15.0) -> str:
+        """SIGTERM (the supervisor's own polite stop), then SIGKILL of the whole group."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.stop_step = "already_exited"
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace_s)
+                self.stop_step = "sigterm"
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                self.stop_step = "sigkill"
+        if self.proc is not None:
+            # Nothing the service started may outlive it: record any survivor
+            # (tests assert there is none), then make sure of it.
+            try:
+                os.killpg(self.proc.pid, 0)
+                self.orphans = True
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return self.stop_step
+
+    def __enter__(self) -> "ServiceProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
