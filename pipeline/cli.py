@@ -50,6 +50,7 @@ def _serve_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--forced-tokens-per-char", type=float, default=None,
                     help="benchmarks with random-weight checkpoints only: force N audio tokens per character")
+    ap.add_argument("--keys", default=None, help="CURVE keys directory: required for a non-loopback endpoint")
     ap.add_argument("--log-level", default="INFO")
 
 
@@ -59,10 +60,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     overrides = {"client_endpoint": args.endpoint, "engine": args.engine, "checkpoint": args.checkpoint,
                  "xtts_path": args.xtts_path, "device": args.device, "dtype": args.dtype, "workers": args.workers,
-                 "forced_tokens_per_char": args.forced_tokens_per_char}
+                 "forced_tokens_per_char": args.forced_tokens_per_char, "curve_keys_dir": args.keys}
     settings = settings.with_service(**{k: v for k, v in overrides.items() if v is not None})
-    from .security import apply_server_security
-    apply_server_security(None, settings.service.client_endpoint, settings.service.cache_dir)
+    from .security import check_bind_allowed
+    check_bind_allowed(settings.service.client_endpoint, settings.service.curve_keys_dir)
     sup = Supervisor(settings, log_level=args.log_level)
     print(f"xtts-stream: starting on {settings.service.client_endpoint} (run dir {sup.run.root})", flush=True)
     sup.serve_forever()
@@ -83,6 +84,7 @@ def _say_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--endpoint", default=None)
     ap.add_argument("--config", default=None)
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--keys", default=None, help="CURVE keys directory (from `xtts-stream keys`)")
 
 
 def cmd_say(args: argparse.Namespace) -> int:
@@ -106,7 +108,12 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 async def _say(args: argparse.Namespace, endpoint: str, overrides: dict[str, Any]) -> dict[str, Any]:
     from .client import Client
-    async with Client(endpoint, timeout_s=args.timeout) as client:
+    curve = {}
+    if args.keys:
+        from .security import client_keys
+        server_key, pair = client_keys(args.keys)
+        curve = {"curve_server_key": server_key, "curve_client_keys": pair}
+    async with Client(endpoint, timeout_s=args.timeout, **curve) as client:
         await client.wait_ready(args.timeout)
         kwargs = dict(profile=args.profile, overrides=overrides, language=args.language, voice=args.voice)
         if args.stdin:

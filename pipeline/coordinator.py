@@ -53,6 +53,7 @@ class Coordinator:
         self._serving = asyncio.Event()
         self._bound: list[str] = []
         self._tasks: list[asyncio.Task] = []
+        self._auth = None
 
     def _socket(self, kind: int) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(kind)
@@ -78,7 +79,8 @@ class Coordinator:
         # Clients' requests wait in their own queues until a worker is ready,
         # so nobody is accepted before the service can speak.
         await self._serving.wait()
-        apply_server_security(self.clients, self.settings.service.client_endpoint, self.settings.service.cache_dir)
+        self._auth = apply_server_security(self.clients, self.settings.service.client_endpoint,
+                                           self.settings.service.curve_keys_dir)
         self.clients.bind(self.settings.service.client_endpoint)
         self._bound.append(self.settings.service.client_endpoint)
         log.info("serving clients on %s", self.settings.service.client_endpoint)
@@ -245,10 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = run.read_settings()
     try:
         import uvloop
-        uvloop.install()
+        run_loop = uvloop.run
     except ImportError:
         log.info("uvloop not installed; using the default asyncio loop")
-    asyncio.run(Coordinator(settings, run).serve())
+        run_loop = asyncio.run
+    run_loop(Coordinator(settings, run).serve())
     return 0
 
 

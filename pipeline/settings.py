@@ -90,6 +90,7 @@ class ServiceSettings:
     restart_window_s: float = 60.0
     stop_grace_s: float = 3.0
     forced_tokens_per_char: float = 0.0
+    curve_keys_dir: str = ""
 
 
 @dataclass(frozen=True)
