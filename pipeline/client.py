@@ -59,6 +59,8 @@ class Utterance:
     metrics: dict[str, Any] | None = None
     t_sent: float = field(default_factory=time.monotonic)
     t_first_block: float | None = None
+    cancelled: bool = False
+    dropped_after_cancel: int = 0
     _finished: bool = False
 
     async def send(self, delta: str) -> None:
@@ -68,6 +70,8 @@ class Utterance:
         await self.client._send(p.End(stream=self.stream))
 
     async def cancel(self) -> None:
+        """Barge-in. Blocks already on their way are dropped here, so none is yielded after this."""
+        self.cancelled = True
         await self.client._send(p.Cancel(stream=self.stream))
 
     @property
@@ -86,6 +90,9 @@ class Utterance:
             if isinstance(item, Exception):
                 self._finished = True
                 raise item
+            if self.cancelled:
+                self.dropped_after_cancel += 1
+                continue
             yield item
 
     async def collect(self) -> bytes:

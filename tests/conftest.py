@@ -1,0 +1,24 @@
+"""Shared fixtures: a running Piper service for the end-to-end tests.
+
+Each service runs as real processes on an ipc:// endpoint in its own temp
+directory and is stopped (and checked for survivors) at the end.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.service_process import ServiceProcess
+
+try:  # the tiny synthetic XTTS checkpoint, made once per session
+    from tests.xtts_support import tiny_checkpoint  # noqa: F401
+except ImportError:  # pragma: no cover - while the XTTS support module is absent
+    pass
+
+
+@pytest.fixture(scope="session")
+def piper_service():
+    svc = ServiceProcess("--engine", "piper").start()
+    yield svc
+    svc.stop()
+    assert not svc.orphans, "the service left processes behind"

@@ -1,0 +1,50 @@
+"""Helpers for tests that talk to a running service through the real client."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.client import Client, ServiceError
+
+
+@dataclass
+class Spoken:
+    blocks: list = field(default_factory=list)
+    metrics: dict | None = None
+    sample_rate: int = 0
+    error: ServiceError | None = None
+
+    @property
+    def pcm(self) -> np.ndarray:
+        return np.frombuffer(b"".join(bytes(b.pcm) for b in self.blocks), "<i2")
+
+    def assert_in_order(self) -> None:
+        offset = 0
+        for seq, block in enumerate(self.blocks):
+            assert block.seq == seq
+            assert block.sample_offset == offset
+            offset += block.sample_count
+
+
+async def speak(endpoint: str, text: str, **kwargs) -> Spoken:
+    async with Client(endpoint, timeout_s=60) as client:
+        return await collect(client.speak(text, **kwargs))
+
+
+async def collect(utt) -> Spoken:
+    out = Spoken()
+    try:
+        async for block in utt:
+            out.blocks.append(block)
+    except ServiceError as exc:
+        out.error = exc
+    out.metrics = utt.metrics
+    out.sample_rate = utt.accepted.sample_rate if utt.accepted else 0
+    return out
+
+
+def run(coro):
+    return asyncio.run(coro)
