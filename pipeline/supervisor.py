@@ -55,6 +55,8 @@ class Supervisor:
         self.log_dir = log_dir
         self.ctx = zmq.Context()
         self.stop_requested = False
+        self._last_report = 0.0
+        self._health_sock: zmq.Socket | None = None
         py = sys.executable
         svc = settings.service
         self.processes = [
@@ -89,15 +91,15 @@ class Supervisor:
             self.stop()
 
     def reconcile(self) -> None:
-        changed = False
+        # Health goes to the coordinator on every change and once a second, so
+        # a restarted coordinator learns it too.
+        changed = time.monotonic() - self._last_report > 1.0
         for m in self.processes:
             if m.given_up or m.proc is None or m.proc.poll() is None:
                 continue
             changed = True
             log.error("%s (pid %d) exited with code %s", m.name, m.proc.pid, m.proc.returncode)
             self._restart_or_give_up(m)
-            if m.name == "coordinator" and not m.given_up:
-                changed = True  # a new coordinator needs the health report again
         if changed:
             self._report_health()
 
@@ -125,8 +127,17 @@ class Supervisor:
         }
 
     def _report_health(self) -> None:
+        self._last_report = time.monotonic()
         msg = p.StatusReply(request="supervisor", healthy=self.healthy, state=self.health())
-        self._tell(self.run.ctl("coordinator"), msg)
+        if self._health_sock is None:  # kept open: it reconnects to a restarted coordinator by itself
+            self._health_sock = self.ctx.socket(zmq.PUSH)
+            self._health_sock.setsockopt(zmq.LINGER, 0)
+            self._health_sock.setsockopt(zmq.SNDHWM, 4)
+            self._health_sock.connect(self.run.ctl("coordinator"))
+        try:
+            self._health_sock.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the coordinator is not up yet; the next report will reach it
 
     def _spawn(self, m: Managed) -> None:
         m.starts.append(time.monotonic())
@@ -150,6 +161,7 @@ class Supervisor:
             m.stop_step = self._escalate(m)
             log.info("%s stopped (%s)", m.name, m.stop_step)
         self.ctx.destroy(linger=0)
+        self._health_sock = None
         if self._own_run_dir:
             shutil.rmtree(self.run.root, ignore_errors=True)
         return {m.name: m.stop_step for m in self.processes}

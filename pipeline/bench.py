@@ -1,0 +1,146 @@
+"""`scripts/bench`: chunker, engine, service and soak benchmarks, written to bench/results/.
+
+    scripts/bench --tiny                 # everything small, on the CPU, in a few minutes
+    scripts/bench service --checkpoint DIR
+    scripts/bench engine                 # stock coqui-tts vs our fast path, same run
+    scripts/bench soak                   # 8 clients x 100 requests against Piper
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path("bench/results")
+FORCED = "1.54"  # audio tokens per character, as real XTTS speaks (docs/benchmarks.md)
+
+
+def device_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return "cpu"
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def bench_chunker(args) -> dict[str, Any]:
+    from .bench_chunker import run
+    return run(quick=args.tiny)
+
+
+def bench_engine(args) -> dict[str, Any]:
+    out = Path(tempfile.mkdtemp()) / "engine.json"
+    cmd = [sys.executable, "-m", "workers.bench_engine", "--out", str(out)]
+    cmd += ["--tiny"] if args.tiny else []
+    cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else []
+    subprocess.run(cmd, check=True)
+    return json.loads(out.read_text())
+
+
+def bench_service(args) -> dict[str, Any]:
+    from .bench_service import run_service_bench
+    results: dict[str, Any] = {}
+    if args.tiny or not args.checkpoint:
+        results["piper"] = run_service_bench(["--engine", "piper"], tiny=True)
+    checkpoint = args.checkpoint or (_tiny_checkpoint() if args.tiny else None)
+    if checkpoint:
+        for path in ("stock", "fast"):
+            results[f"xtts_{path}"] = run_service_bench(
+                ["--engine", "xtts", "--checkpoint", checkpoint, "--xtts-path", path,
+                 "--forced-tokens-per-char", FORCED], tiny=args.tiny)
+    return results
+
+
+def _tiny_checkpoint() -> str:
+    from workers.synthetic import make_synthetic_checkpoint
+    return str(make_synthetic_checkpoint(Path(tempfile.mkdtemp(prefix="xtts-tiny-")), size="tiny"))
+
+
+def bench_soak(args) -> dict[str, Any]:
+    from .bench_service import run_soak
+    return run_soak(clients=8, requests=10 if args.tiny else 100)
+
+
+BENCHES = {"chunker": bench_chunker, "engine": bench_engine, "service": bench_service, "soak": bench_soak}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("which", nargs="*", choices=[*BENCHES, "all"], default=["all"])
+    ap.add_argument("--tiny", action="store_true", help="small models and counts, on whatever device is present")
+    ap.add_argument("--checkpoint", default=None, help="XTTS checkpoint for the engine and service benches")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    which = list(BENCHES) if "all" in args.which else args.which
+    if "all" in args.which and not args.tiny:
+        which.remove("soak")  # long: run it by name
+    device = device_name()
+    report: dict[str, Any] = {"device": device, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "tiny": args.tiny}
+    for name in which:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        report[name] = BENCHES[name](args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{'-'.join(which)}-{_slug(device)}{'-tiny' if args.tiny else ''}-{dt.date.today().isoformat()}"
+    path = args.out / f"{stem}.json"
+    path.write_text(json.dumps(report, indent=2, sort_keys=True))
+    _plot(report, args.out / f"{stem}.png")
+    print(json.dumps(_summary(report), indent=2))
+    print(f"bench: wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"device": report["device"]}
+    for name, res in report.get("service", {}).items():
+        out[name] = {"ttfa_ms_p50": res["ttfa"]["ttfa_ms_p50"], "ttfa_ms_p95": res["ttfa"]["ttfa_ms_p95"],
+                     "rtf_sentence": res["rtf"]["sentence_39"]["rtf"], "rtf_paragraph": res["rtf"]["paragraph"]["rtf"]}
+    if "chunker" in report:
+        out["chunker"] = report["chunker"]
+    if "soak" in report:
+        out["soak"] = {k: report["soak"][k] for k in ("completed", "errors", "open_streams_after", "orphans_after_stop")}
+    return out
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    service = report.get("service")
+    if not service:
+        return
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib not installed; no plot", file=sys.stderr)
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, res in service.items():
+        rows = [r for r in res["ttfa_by_first_chunk"] if r.get("ttfa_ms") is not None]
+        a.plot([r["first_chunk_chars"] for r in rows], [r["ttfa_ms"] for r in rows], marker="o", label=name)
+        sweep = [r for r in res["concurrency"] if r.get("ttfa_ms_p95") is not None]
+        b.plot([r["streams"] for r in sweep], [r["ttfa_ms_p95"] for r in sweep], marker="o", label=name)
+    a.set(xlabel="first chunk (characters)", ylabel="TTFA (ms)", title=f"TTFA vs first chunk — {report['device']}")
+    b.set(xlabel="concurrent streams", ylabel="p95 TTFA (ms)", xscale="log", title="Concurrency")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

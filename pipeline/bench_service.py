@@ -1,0 +1,165 @@
+"""Service-level benchmarks: what a client of the running service experiences.
+
+TTFA here is the coordinator's own figure (text accepted -> first block leaves
+the reassembler), reported next to what the client saw and when a real-time
+player with the profile's pre-buffer would start. Every stage is time-boxed so
+a slow device cannot overrun a benchmark run; a stage cut short says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .client import Client, ServiceError
+from .process_stats import process_tree_stats
+from .service_process import ServiceProcess
+
+SENTENCE = "The old lighthouse keeper lit the lamp."  # 39 characters
+PARAGRAPH = (
+    "The otherworldly light spilled over us, cold and silver, and for a moment nobody spoke. "
+    "Then the old woman raised her lantern and whispered: do you see it? Far out on the water, "
+    "where the reef breaks the swell, a second light answered hers, slow and patient, as if it had "
+    "been waiting a very long time. We counted the flashes together, three short and one long, "
+    "and the boy beside me forgot to breathe. Nobody in the village had kept that lamp for forty "
+    "years, she said, and nobody alive knew who had lit it tonight. The wind turned, the tide "
+    "began to run, and one by one we walked down to the harbour to see for ourselves."
+)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 3)
+
+
+async def _one(client: Client, text: str, **kwargs: Any) -> dict[str, Any]:
+    utt = client.speak(text, **kwargs)
+    try:
+        async for _ in utt:
+            pass
+    except ServiceError as exc:
+        return {"error": str(exc)}
+    return {**(utt.metrics or {}), "client_ttfa_ms": utt.client_ttfa_ms}
+
+
+async def ttfa_series(client: Client, n: int, budget_s: float) -> dict[str, Any]:
+    start, rows = time.monotonic(), []
+    while len(rows) < n and time.monotonic() - start < budget_s:
+        rows.append(await _one(client, SENTENCE))
+    ok = [r for r in rows if "error" not in r]
+    return {
+        "requests": len(rows), "errors": len(rows) - len(ok), "cut_short": len(rows) < n,
+        "ttfa_ms_p50": pct([r["ttfa_ms"] for r in ok], 50), "ttfa_ms_p95": pct([r["ttfa_ms"] for r in ok], 95),
+        "client_ttfa_ms_p50": pct([r["client_ttfa_ms"] for r in ok], 50),
+        "played_ttfa_ms_p50": pct([r["played_ttfa_ms"] for r in ok if r.get("played_ttfa_ms") is not None], 50),
+        "rtf_p50": pct([r["rtf"] for r in ok], 50),
+    }
+
+
+async def rtf_texts(client: Client) -> dict[str, Any]:
+    out = {}
+    for name, text in (("sentence_39", SENTENCE), ("paragraph", PARAGRAPH)):
+        r = await _one(client, text)
+        out[name] = {k: r.get(k) for k in ("chars", "rtf", "audio_s", "ttfa_ms", "chunks", "underruns", "error")}
+        out[name]["chars"] = len(text)
+    return out
+
+
+async def ttfa_by_first_chunk(client: Client, lengths: list[int], budget_s: float) -> list[dict[str, Any]]:
+    """The first chunk made exactly L characters long: a comma at L, the profile allowing it."""
+    start, out = time.monotonic(), []
+    filler = "and the night was long and the road was dark " * 8
+    for length in lengths:
+        if time.monotonic() - start > budget_s:
+            out.append({"first_chunk_chars": length, "skipped": "time budget"})
+            continue
+        text = filler[:length - 1].rstrip() + ", then it was morning."
+        r = await _one(client, text, overrides={"first_chunk_max_chars": max(length, 1),
+                                                "chunk_target_chars": max(length, 120)})
+        out.append({"first_chunk_chars": length, "ttfa_ms": r.get("ttfa_ms"), "error": r.get("error")})
+    return out
+
+
+async def concurrency_sweep(endpoint: str, levels: list[int], budget_s: float) -> list[dict[str, Any]]:
+    text = "The wind turned, and the tide began to run. We walked down to the harbour together."
+    start, out = time.monotonic(), []
+    for level in levels:
+        if time.monotonic() - start > budget_s:
+            out.append({"streams": level, "skipped": "time budget"})
+            continue
+        async with Client(endpoint, timeout_s=300) as client:
+            t0 = time.monotonic()
+            rows = await asyncio.gather(*(_one(client, text) for _ in range(level)))
+            wall = time.monotonic() - t0
+        ok = [r for r in rows if "error" not in r]
+        audio = sum(r["audio_s"] for r in ok)
+        out.append({
+            "streams": level, "errors": len(rows) - len(ok), "wall_s": round(wall, 3),
+            "aggregate_rtf": round(wall / (audio / max(1, len(ok))), 4) if audio else None,
+            "audio_s_per_wall_s": round(audio / wall, 2) if wall else None,
+            "ttfa_ms_p50": pct([r["ttfa_ms"] for r in ok], 50), "ttfa_ms_p95": pct([r["ttfa_ms"] for r in ok], 95),
+            "played_ttfa_ms_p95": pct([r["played_ttfa_ms"] for r in ok if r.get("played_ttfa_ms") is not None], 95),
+            "underruns": sum(r.get("underruns") or 0 for r in ok),
+            "streams_with_underruns": sum(1 for r in ok if r.get("underruns")),
+            "max_stream_rtf": max((r["rtf"] for r in ok), default=None),
+        })
+    return out
+
+
+async def _service_suite(endpoint: str, tiny: bool) -> dict[str, Any]:
+    async with Client(endpoint, timeout_s=300) as client:
+        for _ in range(3):  # warm-up
+            await _one(client, SENTENCE)
+        ttfa = await ttfa_series(client, 20, budget_s=60 if tiny else 90)
+        rtf = await rtf_texts(client)
+        lengths = [10, 40, 120] if tiny else [10, 20, 40, 80, 160, 250]
+        by_len = await ttfa_by_first_chunk(client, lengths, budget_s=40 if tiny else 60)
+    levels = [1, 4, 8] if tiny else [1, 4, 16, 64, 128, 256]
+    sweep = await concurrency_sweep(endpoint, levels, budget_s=60 if tiny else 150)
+    return {"ttfa": ttfa, "rtf": rtf, "ttfa_by_first_chunk": by_len, "concurrency": sweep}
+
+
+def run_service_bench(serve_args: list[str], tiny: bool, ready_timeout_s: float = 600) -> dict[str, Any]:
+    with ServiceProcess(*serve_args, ready_timeout_s=ready_timeout_s) as svc:
+        t0 = time.monotonic()
+        result = asyncio.run(_service_suite(svc.endpoint, tiny))
+        result["wall_s"] = round(time.monotonic() - t0, 1)
+        result["processes"] = process_tree_stats(svc.proc.pid)
+    result["serve_args"] = serve_args
+    return result
+
+
+async def _soak_client(endpoint: str, requests: int, texts: list[str]) -> list[dict[str, Any]]:
+    async with Client(endpoint, timeout_s=120) as client:
+        return [await _one(client, texts[i % len(texts)]) for i in range(requests)]
+
+
+def run_soak(clients: int = 8, requests: int = 100, serve_args: tuple[str, ...] = ("--engine", "piper")) -> dict[str, Any]:
+    texts = ["Hi.", "Hello there, friend.", "The weather is fine today, and the sea is calm.", SENTENCE]
+    with ServiceProcess(*serve_args) as svc:
+        before = process_tree_stats(svc.proc.pid)
+        t0 = time.monotonic()
+
+        async def go():
+            return await asyncio.gather(*(_soak_client(svc.endpoint, requests, texts) for _ in range(clients)))
+        rows = [r for per_client in asyncio.run(go()) for r in per_client]
+        wall = time.monotonic() - t0
+        after = process_tree_stats(svc.proc.pid)
+
+        async def status():
+            async with Client(svc.endpoint) as c:
+                return (await c.status(10)).state
+        state = asyncio.run(status())
+    errors = [r["error"] for r in rows if "error" in r]
+    return {
+        "clients": clients, "requests_per_client": requests, "completed": len(rows) - len(errors),
+        "errors": len(errors), "first_errors": errors[:5], "wall_s": round(wall, 1),
+        "seam_violations": sum(r.get("seam_violations") or 0 for r in rows),
+        "open_streams_after": state["streams"], "processes_before": before, "processes_after": after,
+        "stop_step": svc.stop_step, "orphans_after_stop": svc.orphans,
+        "ttfa_ms_p50": pct([r["ttfa_ms"] for r in rows if "error" not in r], 50),
+        "ttfa_ms_p95": pct([r["ttfa_ms"] for r in rows if "error" not in r], 95),
+    }
