@@ -118,6 +118,7 @@ class Client:
         self._ids = itertools.count()
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._reader: asyncio.Task | None = None
+        self._monitor: asyncio.Task | None = None
 
     async def __aenter__(self) -> "Client":
         return self
@@ -126,9 +127,10 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        if self._reader:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        for task in (self._reader, self._monitor):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self.sock.close()
         self.ctx.term()
 
@@ -163,16 +165,21 @@ class Client:
             self._status.pop(request, None)
 
     async def wait_ready(self, timeout_s: float = 120.0) -> p.StatusReply:
-        """Until the service answers (it opens its socket once a worker is ready)."""
+        """Until the service answers and has a worker ready to speak."""
         deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ServiceUnavailable("timeout", f"service at {self.endpoint} not ready within {timeout_s:.0f} s")
             try:
-                return await self.status(min(left, 2.0))
+                reply = await self.status(min(left, 2.0))
             except ServiceUnavailable:
                 continue
+            if reply.state.get("serving"):
+                return reply
+            if not reply.healthy:
+                raise ServiceUnavailable("unhealthy", f"service at {self.endpoint} is unhealthy: {reply.state}")
+            await asyncio.sleep(0.1)
 
     # -- internals -----------------------------------------------------------
 
@@ -195,7 +202,26 @@ class Client:
 
     def _ensure_reader(self) -> None:
         if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read())
+            loop = asyncio.get_running_loop()
+            self._reader = loop.create_task(self._read())
+            self._monitor = loop.create_task(self._watch_connection())
+
+    async def _watch_connection(self) -> None:
+        """A dropped connection means the service (or its coordinator) died: the
+        streams it held cannot finish, so they fail now instead of timing out."""
+        from zmq.utils.monitor import parse_monitor_message
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            while True:
+                parse_monitor_message(await monitor.recv_multipart())
+                lost, self._streams = self._streams, {}
+                for utt in lost.values():
+                    utt.queue.put_nowait(ServiceUnavailable(
+                        "connection_lost", f"the connection to {self.endpoint} dropped; stream '{utt.stream}' "
+                        f"cannot finish (the service restarts its coordinator; send it again)", utt.stream))
+        finally:
+            self.sock.disable_monitor()
+            monitor.close()
 
     async def _next(self, utt: Utterance):
         try:

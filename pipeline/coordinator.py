@@ -37,6 +37,7 @@ class Coordinator:
         self.clients = self._socket(zmq.ROUTER)
         self.clients.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.clients.setsockopt(zmq.MAXMSGSIZE, settings.service.max_message_bytes)
+        self.clients.setsockopt(zmq.SNDHWM, settings.service.max_queued_messages_per_client)
         self.worker_sock = self._socket(zmq.ROUTER)
         self.sink_push = self._socket(zmq.PUSH)
         self.sink_pull = self._socket(zmq.PULL)
@@ -49,6 +50,8 @@ class Coordinator:
         self.engine_info: dict[str, object] = {}
         self.sample_rate = 0
         self.health: dict[str, object] = {"healthy": True}
+        self.slow_client_drops = 0
+        self._sink_pid: int | None = None
         self._stop = asyncio.Event()
         self._serving = asyncio.Event()
         self._bound: list[str] = []
@@ -70,21 +73,15 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        self._tasks = [asyncio.create_task(coro) for coro in (
-            self._worker_loop(), self._sink_loop(), self._ctl_loop(), self._housekeeping(), self._open_to_clients())]
-        await self._stop.wait()
-        await self._shutdown()
-
-    async def _open_to_clients(self) -> None:
-        # Clients' requests wait in their own queues until a worker is ready,
-        # so nobody is accepted before the service can speak.
-        await self._serving.wait()
         self._auth = apply_server_security(self.clients, self.settings.service.client_endpoint,
                                            self.settings.service.curve_keys_dir)
         self.clients.bind(self.settings.service.client_endpoint)
         self._bound.append(self.settings.service.client_endpoint)
-        log.info("serving clients on %s", self.settings.service.client_endpoint)
-        await self._client_loop()
+        log.info("listening for clients on %s", self.settings.service.client_endpoint)
+        self._tasks = [asyncio.create_task(coro) for coro in (
+            self._worker_loop(), self._sink_loop(), self._ctl_loop(), self._housekeeping(), self._client_loop())]
+        await self._stop.wait()
+        await self._shutdown()
 
     async def _shutdown(self) -> None:
         for st in list(self.streams.values()):
@@ -116,9 +113,15 @@ class Coordinator:
                 await self.reply(identity, p.Error(code="internal", message=f"internal error: {exc}"))
 
     async def reply(self, identity: bytes, msg: p.Message) -> bool:
+        """Send to a client without ever waiting on it: False when it could not take the message."""
         try:
-            await self.clients.send_multipart([identity, *encode(msg)], copy=False)
+            await self.clients.send_multipart([identity, *encode(msg)], copy=False, flags=zmq.NOBLOCK)
             return True
+        except zmq.Again:  # its queue is full: it reads slower than we speak
+            self.slow_client_drops += 1
+            if not isinstance(msg, p.AudioBlock):
+                log.warning("client %s is not reading; %s dropped", identity.hex(), type(msg).__name__)
+            return False
         except zmq.ZMQError as exc:  # the client went away (ROUTER_MANDATORY)
             log.info("client %s unreachable (%s); dropping its streams", identity.hex(), exc.strerror)
             for st in [s for s in self.streams.values() if s.client == identity]:
@@ -163,6 +166,8 @@ class Coordinator:
         r = worker.ready
         self.engine_info = {"engine": r.engine, "model": r.model, "dtype": r.dtype, "device": r.device}
         self.sample_rate = r.sample_rate
+        if not self._serving.is_set():
+            log.info("serving: the first worker is ready")
         self._serving.set()
         backlog, self.backlog = self.backlog, []
         for chunk in backlog:
@@ -214,6 +219,16 @@ class Coordinator:
                 self._stop.set()
             elif isinstance(msg, p.StatusReply):  # the supervisor's view of process health
                 self.health = {"healthy": msg.healthy, **msg.state}
+                await self._check_sink(msg.state)
+
+    async def _check_sink(self, state: dict) -> None:
+        """A new sink process knows none of the streams the old one held: they cannot finish."""
+        pid = state.get("processes", {}).get("sink", {}).get("pid")
+        if self._sink_pid is not None and pid != self._sink_pid:
+            for st in list(self.streams.values()):
+                await self.requests.fail(st, "sink_restarted", "the audio sink died and was restarted; "
+                                         "this stream's audio cannot be completed, send it again")
+        self._sink_pid = pid
 
     async def _housekeeping(self) -> None:
         interval = max(0.05, self.settings.service.heartbeat_interval_s)
@@ -221,6 +236,12 @@ class Coordinator:
             await asyncio.sleep(interval)
             self.pool.check_heartbeats()
             await self.requests.expire_backlog()
+            await self.requests.expire_idle()
+
+    @property
+    def serving(self) -> bool:
+        """A worker has been ready once: the sample rate is known and streams can be accepted."""
+        return self._serving.is_set()
 
     def status(self) -> dict[str, object]:
         return {
@@ -230,6 +251,7 @@ class Coordinator:
             "workers": [{"name": w.name, "pid": w.ready.pid, "engine": w.ready.engine, "inflight": len(w.inflight),
                          "silent_s": round(time.monotonic() - w.last_beat, 3)} for w in self.pool.workers.values()],
             "worker_deaths": self.pool.deaths,
+            "blocks_dropped_slow_client": self.slow_client_drops,
             "last_worker_death": self.pool.last_death,
             "engine": self.engine_info,
             "sample_rate": self.sample_rate,

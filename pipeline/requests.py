@@ -69,6 +69,9 @@ class StreamRequests:
 
     async def _open(self, identity: bytes, msg: p.Speak | p.Open) -> StreamState:
         svc = self.c.settings.service
+        if not self.c.serving:
+            raise RequestError("starting", "the service is starting: no worker is ready yet; retry shortly "
+                               "(status shows serving: true once it is)", msg.stream)
         if not msg.stream or len(msg.stream) > MAX_STREAM_ID:
             raise RequestError("bad_stream_id", f"stream id must be 1..{MAX_STREAM_ID} characters")
         if (identity, msg.stream) in self.by_client:
@@ -119,6 +122,7 @@ class StreamRequests:
             await self.fail(st, "text_too_long", f"text exceeds {limit} characters per stream")
             return
         st.text += text
+        st.t_last_text = time.monotonic()
         for chunk in st.chunker.feed(text):
             await self._dispatch(st, chunk)
 
@@ -181,6 +185,12 @@ class StreamRequests:
                                 f"was partly delivered; the stream cannot continue without a seam")
         worker.inflight.clear()
 
+    async def expire_idle(self) -> None:
+        timeout = self.c.settings.service.stream_idle_timeout_s
+        now = time.monotonic()
+        for st in [s for s in self.c.streams.values() if not s.ended and now - s.t_last_text > timeout]:
+            await self.fail(st, "idle_timeout", f"no text or end for {timeout:.0f} s; the stream was closed")
+
     async def expire_backlog(self) -> None:
         """Chunks that no worker took in time fail their streams instead of waiting forever."""
         if not self.c.backlog or self.c.pool.workers:
@@ -234,7 +244,8 @@ class StreamRequests:
         if st is None or st.cancelled or block.epoch != st.epoch:
             return
         block.stream = st.client_stream
-        await self.c.reply(st.client, block)
+        if not await self.c.reply(st.client, block):
+            st.blocks_dropped += 1
 
     async def on_sink_done(self, msg: p.SinkDone) -> None:
         st = self.c.streams.get(msg.stream)

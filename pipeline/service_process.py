@@ -48,10 +48,11 @@ class ServiceProcess:
                     raise RuntimeError(f"service exited with code {self.proc.returncode} before it was ready; "
                                        f"log:\n{self.log_tail()}")
                 try:
-                    client.status(timeout_s=1.0)
-                    return
+                    if client.status(timeout_s=1.0).state.get("serving"):
+                        return
                 except ServiceUnavailable:
                     continue
+                time.sleep(0.1)
         raise RuntimeError(f"service not ready within {self.ready_timeout_s:.0f} s; log:\n{self.log_tail()}")
 
     def log_tail(self, chars: int = 4000) -> str:

@@ -82,7 +82,8 @@ class ServiceSettings:
     max_message_bytes: int = 4194304
     max_text_chars: int = 100000
     max_streams_per_client: int = 32
-    max_queued_blocks_per_stream: int = 4000
+    max_queued_messages_per_client: int = 4000
+    stream_idle_timeout_s: float = 120.0
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 20.0
     worker_ready_timeout_s: float = 300.0

@@ -24,6 +24,7 @@ class StreamState:
     reassembler: Reassembler
     sample_rate: int
     t_accept: float = field(default_factory=time.monotonic)
+    t_last_text: float = field(default_factory=time.monotonic)
     text: str = ""
     epoch: int = 0
     ended: bool = False       # the client sent End (or Speak)
@@ -33,6 +34,7 @@ class StreamState:
     worker: bytes | None = None
     chunks: int = 0
     blocks: int = 0
+    blocks_dropped: int = 0   # not taken by a client that reads too slowly
     t_first_block: float | None = None
     t_last_block: float | None = None
 
@@ -49,6 +51,7 @@ class StreamState:
             "audio_s": round(audio_s, 4),
             "chunks": self.chunks,
             "blocks": self.blocks,
+            "blocks_dropped_slow_client": self.blocks_dropped,
             "seam_violations": self.reassembler.seam_violations,
             "violations": dict(self.reassembler.violations),
             "profile": self.profile.name,

@@ -10,6 +10,10 @@ takes it after ``=``. Unset (the default) nothing here changes behaviour.
 - ``ignore_shutdown``: ignore the polite shutdown request
 - ``ignore_sigterm``: ignore SIGTERM too (only SIGKILL stops it)
 - ``slow_start=S``: sleep S seconds before the ready handshake
+
+With ``XTTS_STREAM_FAULTS_ONCE=/path/marker`` a fault that kills or hangs the
+worker fires once: it creates the marker, and a restarted worker that finds it
+runs clean (so a test can watch recovery).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 from dataclasses import dataclass
 
 ENV = "XTTS_STREAM_FAULTS"
+ONCE_ENV = "XTTS_STREAM_FAULTS_ONCE"
 
 
 @dataclass(frozen=True)
@@ -29,10 +34,15 @@ class Faults:
     ignore_shutdown: bool = False
     ignore_sigterm: bool = False
     slow_start: float = 0.0
+    once_marker: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Faults":
-        spec = (os.environ if env is None else env).get(ENV, "")
+        env = os.environ if env is None else env
+        marker = env.get(ONCE_ENV, "")
+        if marker and os.path.exists(marker):
+            return cls()
+        spec = env.get(ENV, "")
         values: dict[str, object] = {}
         for item in filter(None, (s.strip() for s in spec.split(","))):
             name, _, arg = item.partition("=")
@@ -40,4 +50,9 @@ class Faults:
                 raise ValueError(f"unknown fault '{name}' in {ENV}; valid: {', '.join(cls.__dataclass_fields__)}")
             kind = cls.__dataclass_fields__[name].type
             values[name] = True if kind == "bool" else (float(arg) if kind == "float" else int(arg))
-        return cls(**values)
+        return cls(**values, once_marker=marker)
+
+    def fire(self) -> None:
+        """A fatal fault is about to act: leave the marker so the next start runs clean."""
+        if self.once_marker:
+            open(self.once_marker, "w").close()

@@ -138,9 +138,11 @@ class SynthesisLoop:
         self.chunks_seen += 1
         if self.faults.exit_after and self.chunks_seen > self.faults.exit_after:
             log.error("exiting abruptly (fault injection)")
+            self.faults.fire()
             os._exit(3)
         if self.faults.hang_after and self.chunks_seen > self.faults.hang_after:
             log.error("hanging (fault injection)")
+            self.faults.fire()
             while True:
                 time.sleep(3600)
         self.engine.add(SynthJob(stream=msg.stream, epoch=msg.epoch, chunk_index=msg.chunk_index, text=msg.text,
@@ -216,6 +218,7 @@ def _start_engine(settings, faults: Faults) -> Engine:
     if faults.slow_start:
         time.sleep(faults.slow_start)
     if faults.fail_start:
+        faults.fire()
         raise RuntimeError("failing at start (fault injection)")
     from .engine_choice import build_engine
     engine = build_engine(settings.service)
