@@ -118,15 +118,29 @@ class Coordinator:
             await self.clients.send_multipart([identity, *encode(msg)], copy=False, flags=zmq.NOBLOCK)
             return True
         except zmq.Again:  # its queue is full: it reads slower than we speak
-            self.slow_client_drops += 1
-            if not isinstance(msg, p.AudioBlock):
-                log.warning("client %s is not reading; %s dropped", identity.hex(), type(msg).__name__)
+            if isinstance(msg, p.AudioBlock):
+                self.slow_client_drops += 1
+            else:  # the end of a stream must not be lost: try again while the client drains
+                self._spawn(self._reply_later(identity, msg))
             return False
         except zmq.ZMQError as exc:  # the client went away (ROUTER_MANDATORY)
             log.info("client %s unreachable (%s); dropping its streams", identity.hex(), exc.strerror)
             for st in [s for s in self.streams.values() if s.client == identity]:
                 await self.requests.abandon(st)
             return False
+
+    async def _reply_later(self, identity: bytes, msg: p.Message, patience_s: float = 30.0) -> None:
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            try:
+                await self.clients.send_multipart([identity, *encode(msg)], copy=False, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                continue
+            except zmq.ZMQError:
+                return
+        log.warning("client %s took nothing for %.0f s; %s dropped", identity.hex(), patience_s, type(msg).__name__)
 
     # -- workers -------------------------------------------------------------
 

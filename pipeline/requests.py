@@ -44,6 +44,7 @@ class StreamRequests:
 
     async def handle(self, identity: bytes, msg: p.Message) -> None:
         if isinstance(msg, p.Speak):
+            self._check_whole_text(msg)
             st = await self._open(identity, msg)
             await self._append(st, msg.text)
             await self._end(st)
@@ -60,6 +61,14 @@ class StreamRequests:
                                                        state=self.c.status()))
         else:
             raise RequestError("bad_request", f"'{msg.KIND.decode()}' is not a client request")
+
+    def _check_whole_text(self, msg: p.Speak) -> None:
+        """What can be refused before a stream opens is refused before it opens."""
+        limit = self.c.settings.service.max_text_chars
+        if len(msg.text) > limit:
+            raise RequestError("text_too_long", f"text has {len(msg.text)} characters; the limit is {limit}", msg.stream)
+        if not msg.text.strip():
+            raise RequestError("nothing_to_speak", "the text is empty", msg.stream)
 
     def _stream(self, identity: bytes, stream: str) -> StreamState:
         st = self.by_client.get((identity, stream))

@@ -26,7 +26,7 @@ import zmq
 
 from . import protocol as p
 from .codec import encode
-from .runpaths import RunPaths
+from .runpaths import RunPaths, unlink_ipc
 from .settings import Settings
 
 log = logging.getLogger("xtts_stream.supervisor")
@@ -162,6 +162,8 @@ class Supervisor:
             log.info("%s stopped (%s)", m.name, m.stop_step)
         self.ctx.destroy(linger=0)
         self._health_sock = None
+        for endpoint in (self.run.workers, self.run.sink_in, self.run.sink_out, self.settings.service.client_endpoint):
+            unlink_ipc(endpoint)  # left behind only if the coordinator had to be killed
         if self._own_run_dir:
             shutil.rmtree(self.run.root, ignore_errors=True)
         return {m.name: m.stop_step for m in self.processes}
@@ -179,6 +181,7 @@ class Supervisor:
             return "sigterm"
         proc.kill()
         proc.wait()
+        unlink_ipc(m.ctl)  # a killed process cannot remove its own socket file
         return "sigkill"
 
     def _tell(self, endpoint: str, msg: p.Message) -> None:

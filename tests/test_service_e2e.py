@@ -99,8 +99,10 @@ async def _raw(endpoint: str, frames: list[bytes]) -> p.Message:
     sock.connect(endpoint)
     try:
         await sock.send_multipart(frames)
-        reply = await asyncio.wait_for(sock.recv_multipart(), 30)
-        return decode(reply)
+        while True:  # a stream may be accepted before its text turns out unspeakable
+            reply = decode(await asyncio.wait_for(sock.recv_multipart(), 30))
+            if not isinstance(reply, p.Accepted):
+                return reply
     finally:
         sock.close()
         ctx.term()
