@@ -1,0 +1,63 @@
+"""A forced-length policy for benchmarks on random-weight checkpoints.
+
+Random weights stop at random (often only at the 600-token cap), which makes
+timings meaningless. Real XTTS speaks about 14 characters per second and one
+audio token is 1024 samples at 22050 Hz (21.53 tokens per second), so a
+realistic length is about 1.54 tokens per character. The processor masks the
+stop token until N-1 tokens have been generated and then forces it: the GPT
+emits exactly N tokens, the stop token being the N-th (coqui's stream generator
+yields it with its latent, so N latents reach the vocoder). Off unless a job
+sets `forced_tokens`.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessor
+
+TOKENS_PER_CHAR = 1.54
+
+
+def forced_tokens(text: str, tokens_per_char: float = TOKENS_PER_CHAR) -> int:
+    """A realistic audio-token count for `text` (at least 1)."""
+    return max(1, round(tokens_per_char * len(text)))
+
+
+def stock_stream_samples(n_tokens: int, speed: float = 1.0) -> int:
+    """Output samples coqui's HiFi-GAN makes from n latents (stock XTTS-v2: 22050 -> 24000 Hz).
+
+    Each latent is 1024 input samples: 4 frames of hop 256, resampled to 24 kHz
+    by linear interpolation (floored), times the vocoder's 256x upsampling.
+    `speed` != 1 first interpolates the latents (also floored).
+    """
+    latents = n_tokens if speed == 1.0 else int(n_tokens * (1.0 / max(speed, 0.05)))
+    return 256 * int(4 * latents * 24000 / 22050)
+
+
+class ForcedLengthProcessor(LogitsProcessor):
+    """Make HF generation produce exactly `n_tokens` tokens, the last one `stop_token`.
+
+    The prompt length is taken from the first call (before any token exists),
+    so the processor needs no knowledge of how the prompt was built. One
+    instance serves one generation.
+    """
+
+    def __init__(self, n_tokens: int, stop_token: int) -> None:
+        if n_tokens < 1:
+            raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+        self.n_tokens = n_tokens
+        self.stop_token = stop_token
+        self._prompt_len: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._prompt_len is None:
+            self._prompt_len = input_ids.shape[-1]
+        generated = input_ids.shape[-1] - self._prompt_len
+        scores = scores.clone()
+        if generated >= self.n_tokens - 1:
+            stop_score = torch.zeros_like(scores[:, self.stop_token])
+            scores.fill_(float("-inf"))
+            scores[:, self.stop_token] = stop_score
+        else:
+            scores[:, self.stop_token] = float("-inf")
+        return scores
