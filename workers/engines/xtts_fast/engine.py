@@ -132,9 +132,8 @@ class FastXttsEngine:
         """Run first-chunk-sized jobs (and capture the decode graphs) so requests pay no warm-up."""
         t0 = time.perf_counter()
         captured = self.runner.capture_all()
-        for i in range(2):
-            self.add(SynthJob(stream=f"__warm_up_{i}", epoch=0, chunk_index=0, text=WARM_UP_TEXT,
-                              forced_tokens=24, sampling={}))
+        self.add(SynthJob(stream="__warm_up", epoch=0, chunk_index=0, text=WARM_UP_TEXT, sampling={},
+                          forced_tokens=self.settings.first_piece_tokens + self.settings.piece_tokens))
         while self.has_work():
             for item in self.step():
                 if isinstance(item, JobFailed):

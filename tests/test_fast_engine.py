@@ -1,0 +1,167 @@
+"""FastXttsEngine through the Engine protocol, on the tiny synthetic checkpoint (CPU).
+
+Random weights stop at random, so every job forces its length (`forced_tokens`):
+N forced tokens give N latents and exactly
+256 * floor(floor(4 * N') * 24000 / 22050) samples, N' = floor(N / speed) when
+speed != 1 (N = 24: 26,624 samples).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.xtts_support import sampling
+from workers.engines.base import JobFailed, PieceOut, SynthJob
+from workers.engines.xtts_fast.engine import FastSettings, FastXttsEngine
+from workers.engines.xtts_fast.frames import FrameChain
+
+GREEDY = {"temperature": 0.0}
+
+
+def engine(checkpoint, dtype=torch.float32, **settings) -> FastXttsEngine:
+    from workers.engines.xtts_model import load_xtts
+
+    model, _ = load_xtts(checkpoint, device="cpu", dtype="fp32")
+    return FastXttsEngine(model, "cpu", dtype, FastSettings(**{"slots": 4, "max_len": 320, **settings}))
+
+
+@pytest.fixture(scope="module")
+def fast(tiny_checkpoint) -> FastXttsEngine:
+    return engine(tiny_checkpoint)
+
+
+def job(stream: str, text: str = "Hello there.", n: int | None = 24, chunk: int = 0, **overrides) -> SynthJob:
+    return SynthJob(stream=stream, epoch=0, chunk_index=chunk, text=text, sampling=sampling(**overrides),
+                    forced_tokens=n)
+
+
+def drain(eng: FastXttsEngine) -> list[PieceOut | JobFailed]:
+    out = []
+    for _ in range(10_000):
+        if not eng.has_work():
+            return out
+        out.extend(eng.step())
+    raise AssertionError("engine did not finish")
+
+
+def by_stream(outs) -> dict[str, list[PieceOut]]:
+    grouped: dict[str, list[PieceOut]] = {}
+    for o in outs:
+        if isinstance(o, PieceOut):
+            grouped.setdefault(o.job.stream, []).append(o)
+    return grouped
+
+
+def audio(pieces: list[PieceOut]) -> np.ndarray:
+    return np.concatenate([p.samples for p in pieces])
+
+
+def check_pieces(pieces: list[PieceOut], samples: int) -> None:
+    assert [p.piece_index for p in pieces] == list(range(len(pieces)))
+    offsets = [p.sample_offset for p in pieces]
+    assert offsets == list(np.cumsum([0] + [len(p.samples) for p in pieces[:-1]]))
+    assert [p.final for p in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert all(p.samples.dtype == np.int16 for p in pieces)
+    assert sum(len(p.samples) for p in pieces) == samples
+
+
+def test_info_reports_the_engine(fast):
+    assert fast.info.engine == "xtts-fast"
+    assert fast.info.dtype == "fp32"
+    assert fast.info.sample_rate == 24000
+    assert fast.info.char_limits["en"] == 250
+
+
+@pytest.mark.parametrize("n,speed", [(24, 1.0), (1, 1.0), (7, 1.0), (30, 1.25)])
+def test_forced_length_gives_exact_sample_count(fast, n, speed):
+    pieces = by_stream(drain_after(fast, [job("s", n=n, speed=speed)]))["s"]
+    expected = 256 * int(4 * (n if speed == 1.0 else int(n / speed)) * 24000 / 22050)
+    assert FrameChain.for_model(1024, 256, 22050, 24000, speed).samples(n) == expected
+    check_pieces(pieces, expected)
+
+
+def drain_after(eng: FastXttsEngine, jobs: list[SynthJob]) -> list[PieceOut | JobFailed]:
+    for j in jobs:
+        eng.add(j)
+    return drain(eng)
+
+
+def test_first_piece_after_first_piece_tokens(fast):
+    pieces = by_stream(drain_after(fast, [job("s", n=30, first_piece_tokens=5, piece_tokens=8)]))["s"]
+    chain = FrameChain.for_model(1024, 256, 22050, 24000, 1.0)
+    holdback = fast.vocoder.settings.holdback
+    assert len(pieces[0].samples) == chain.samples(5) - holdback
+    assert len(pieces[1].samples) == chain.samples(13) - chain.samples(5)
+    check_pieces(pieces, chain.samples(30))
+
+
+def test_batched_jobs_equal_jobs_alone(fast):
+    jobs = [job("a", "Short one.", n=12, **GREEDY), job("b", "A somewhat longer sentence here.", n=20, **GREEDY),
+            job("c", "Third.", n=8, **GREEDY)]
+    together = by_stream(drain_after(fast, jobs))
+    for j in jobs:
+        alone = by_stream(drain_after(fast, [j]))[j.stream]
+        a, b = audio(together[j.stream]), audio(alone)
+        assert a.shape == b.shape
+        assert np.abs(a.astype(np.int32) - b.astype(np.int32)).max() <= 1  # int16 rounding
+
+
+def test_bad_jobs_fail_alone(fast):
+    good = job("good", n=10)
+    bad = [job("empty", "   "), job("temp", temperature=-1.0), job("voice", n=10),
+           job("long", "word " * 2000), job("speed", speed=0.0), job("forced", n=0)]
+    bad[2].voice = "No Such Voice"
+    outs = drain_after(fast, [good] + bad)
+    failed = {o.job.stream: o.message for o in outs if isinstance(o, JobFailed)}
+    assert set(failed) == {j.stream for j in bad}
+    assert "temperature" in failed["temp"] and "No Such Voice" in failed["voice"]
+    check_pieces(by_stream(outs)["good"], FrameChain.for_model(1024, 256, 22050, 24000, 1.0).samples(10))
+
+
+def test_cancel_stops_a_running_stream(fast):
+    fast.add(job("keep", n=40))
+    fast.add(job("drop", n=40))
+    fast.add(job("drop", n=40, chunk=1))
+    outs = fast.step() + fast.step()
+    assert fast.cancel("drop") == 2
+    outs += drain(fast)
+    got = by_stream(outs)
+    assert "drop" not in got or not got["drop"][-1].final
+    check_pieces(got["keep"], FrameChain.for_model(1024, 256, 22050, 24000, 1.0).samples(40))
+
+
+def test_first_chunks_are_admitted_first(tiny_checkpoint):
+    eng = engine(tiny_checkpoint, slots=1)
+    eng.add(SynthJob("ahead", 0, 3, "Later text.", sampling=sampling(), priority=5, forced_tokens=6))
+    eng.add(SynthJob("new", 0, 0, "First words.", sampling=sampling(), priority=0, forced_tokens=6))
+    order = [o.job.stream for o in drain(eng) if isinstance(o, PieceOut) and o.final]
+    assert order == ["new", "ahead"]
+
+
+def test_more_jobs_than_slots_all_finish(tiny_checkpoint):
+    eng = engine(tiny_checkpoint, slots=2, max_prefills_per_step=1)
+    jobs = [job(f"s{i}", n=3 + i) for i in range(4)]
+    got = by_stream(drain_after(eng, jobs))
+    chain = FrameChain.for_model(1024, 256, 22050, 24000, 1.0)
+    for i in range(4):
+        check_pieces(got[f"s{i}"], chain.samples(3 + i))
+
+
+def test_half_precision_is_really_on(tiny_checkpoint):
+    """bf16 on the CPU (fp16 matmuls are not available on every CPU); CUDA uses fp16 the same way."""
+    eng = engine(tiny_checkpoint, dtype=torch.bfloat16)
+    assert eng.info.dtype == "bf16"
+    gpt_params = list(eng.model.gpt.gpt.parameters()) + [eng.decoder.mel_emb, eng.decoder.mel_head.weight]
+    assert all(p.dtype == torch.bfloat16 for p in gpt_params), "GPT weights must be half when half is configured"
+    assert eng.decoder.k_cache.dtype == torch.bfloat16 and eng.latents.dtype == torch.bfloat16
+    check_pieces(by_stream(drain_after(eng, [job("h", n=9)]))["h"],
+                 FrameChain.for_model(1024, 256, 22050, 24000, 1.0).samples(9))
+
+
+def test_warm_up_leaves_the_engine_idle(tiny_checkpoint):
+    eng = engine(tiny_checkpoint, slots=2)
+    eng.warm_up()
+    assert not eng.has_work()
+    eng.close()
