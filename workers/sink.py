@@ -1,0 +1,315 @@
+"""The sink process: delivers each stream's ordered audio blocks and measures playback.
+
+    python -m workers.sink --in ENDPOINT --out ENDPOINT --ctl ENDPOINT [--name sink]
+
+It connects a PULL socket to ``--in`` (SinkOpen, AudioBlock, SinkClose from the
+coordinator), connects a PUSH socket to ``--out`` (forwarded blocks and
+SinkDone back to the coordinator) and binds a PULL socket on ``--ctl``
+(Shutdown). One poller loop in the main thread; signal handlers only set state.
+
+Back-pressure: sends never block. When ``--out`` is at its high-water mark the
+sink keeps the one message it could not send and stops reading ``--in`` until
+the coordinator reads again, so blocks wait in ZeroMQ's bounded queues, never in
+the sink. On shutdown it waits at most ``--send-timeout`` for the coordinator
+to take what is left, then drops it and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from pipeline.codec import DecodeError, decode, encode
+from pipeline.protocol import AudioBlock, Message, Shutdown, SinkClose, SinkDone, SinkOpen
+from workers.sink_stream import SinkStream
+
+log = logging.getLogger("xtts_stream.sink")
+
+POLL_MS = 50
+# Drain of already-queued input on a Shutdown message (SIGTERM skips it).
+SHUTDOWN_DRAIN_S = 0.5
+QUICK_SEND_TIMEOUT_S = 0.2
+# Unknown stream ids we already warned about; bounded so a flood cannot grow it.
+MAX_WARNED_STREAMS = 1024
+
+
+class Sink:
+    def __init__(self, ctx: zmq.Context, in_ep: str, out_ep: str, ctl_ep: str, *,
+                 name: str = "sink", hwm: int = 4096, send_timeout_s: float = 1.0):
+        self.name = name
+        self.send_timeout_s = send_timeout_s
+        self.streams: dict[str, SinkStream] = {}
+        self.draining: dict[str, SinkStream] = {}  # closed, speakers still playing
+        self.stop: str | None = None  # None, "shutdown" or "signal"
+        self._pending: collections.deque[list[Any]] = collections.deque()
+        self._warned: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.inp = ctx.socket(zmq.PULL)
+        self.inp.setsockopt(zmq.RCVHWM, hwm)
+        self.inp.setsockopt(zmq.LINGER, 0)
+        self.inp.connect(in_ep)
+        self.out = ctx.socket(zmq.PUSH)
+        self.out.setsockopt(zmq.SNDHWM, hwm)
+        self.out.setsockopt(zmq.LINGER, int(send_timeout_s * 1000))
+        self.out.connect(out_ep)
+        self.ctl = ctx.socket(zmq.PULL)
+        self.ctl.setsockopt(zmq.LINGER, 0)
+        self._ctl_file = claim_ipc_path(ctl_ep)
+        self.ctl.bind(ctl_ep)
+        self._ctl_inode = os.stat(self._ctl_file).st_ino if self._ctl_file else None
+
+    # --- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        log.info("%s: running (pid %d)", self.name, os.getpid())
+        poller = zmq.Poller()
+        while self.stop is None:
+            poller.register(self.ctl, zmq.POLLIN)
+            # Stop reading input while a message waits for the output: that is the back-pressure.
+            poller.register(self.inp, 0 if self._pending else zmq.POLLIN)
+            poller.register(self.out, zmq.POLLOUT if self._pending else 0)
+            events = dict(poller.poll(POLL_MS))
+            if self.ctl in events:
+                self._on_ctl(self.ctl.recv_multipart(copy=False))
+            if self.out in events:
+                self._flush()
+            if self.inp in events and self.stop is None:
+                self._on_input(self.inp.recv_multipart(copy=False), time.monotonic())
+            self._reap_draining(time.monotonic())
+        self._finish()
+        return 0
+
+    def _on_ctl(self, frames: list[Any]) -> None:
+        try:
+            msg = decode(frames)
+        except DecodeError as exc:
+            log.warning("%s: undecodable control message (%s): %s", self.name, exc.code, exc)
+            return
+        if isinstance(msg, Shutdown):
+            log.info("%s: shutdown requested%s", self.name, f" ({msg.reason})" if msg.reason else "")
+            self.stop = "shutdown"
+        else:
+            log.warning("%s: ignoring '%s' on the control socket", self.name, msg.KIND.decode())
+
+    def _on_input(self, frames: list[Any], arrival: float) -> None:
+        try:
+            msg = decode(frames)
+        except DecodeError as exc:
+            log.warning("%s: dropping undecodable input (%s): %s", self.name, exc.code, exc)
+            return
+        if isinstance(msg, AudioBlock):
+            self._on_block(msg, frames, arrival)
+        elif isinstance(msg, SinkOpen):
+            self._on_open(msg)
+        elif isinstance(msg, SinkClose):
+            self._on_close(msg, arrival)
+        else:
+            log.warning("%s: ignoring unexpected '%s' on the input socket", self.name, msg.KIND.decode())
+
+    # --- stream messages --------------------------------------------------------
+
+    def _on_open(self, msg: SinkOpen) -> None:
+        if msg.stream in self.streams or msg.stream in self.draining:
+            log.warning("%s: stream '%s' is already open; ignoring the second SinkOpen", self.name, msg.stream)
+            return
+        stream = SinkStream(msg)
+        self.streams[msg.stream] = stream
+        log.info("%s: stream '%s' open (deliver=%s, %d Hz, prebuffer %d ms)%s", self.name, msg.stream,
+                 msg.deliver, msg.sample_rate, msg.prebuffer_ms, f": {stream.error}" if stream.error else "")
+
+    def _on_block(self, msg: AudioBlock, frames: list[Any], arrival: float) -> None:
+        stream = self.streams.get(msg.stream)
+        if stream is None:
+            self._warn_unknown(msg.stream, f"block {msg.seq}")
+            return
+        if stream.take(msg, arrival) and stream.mode == "client":
+            self._send(frames)  # the coordinator's own frames, unchanged and uncopied
+
+    def _on_close(self, msg: SinkClose, arrival: float) -> None:
+        stream = self.streams.pop(msg.stream, None)
+        if stream is None:
+            self._warn_unknown(msg.stream, "SinkClose")
+            # The coordinator waits for a SinkDone; say why there is no real one.
+            self._send(encode(SinkDone(msg.stream, {"error": f"sink has no open stream '{msg.stream}'"})))
+            return
+        if msg.error:
+            log.info("%s: stream '%s' closed with upstream error: %s", self.name, msg.stream, msg.error)
+        stream.close(arrival, cancelled=msg.cancelled)
+        if stream.playing():
+            self.draining[msg.stream] = stream
+        else:
+            self._done(stream)
+
+    def _done(self, stream: SinkStream) -> None:
+        stream.release()
+        metrics = stream.metrics()
+        log.info("%s: stream '%s' done: %s", self.name, stream.open.stream, metrics)
+        self._send(encode(SinkDone(stream.open.stream, metrics)))
+
+    def _reap_draining(self, now: float) -> None:
+        for key in [k for k, s in self.draining.items() if not s.playing(now)]:
+            self._done(self.draining.pop(key))
+
+    def _warn_unknown(self, stream: str, what: str) -> None:
+        if stream in self._warned:
+            return
+        self._warned[stream] = None
+        if len(self._warned) > MAX_WARNED_STREAMS:
+            self._warned.popitem(last=False)
+        log.warning("%s: dropping %s for stream '%s' that has no SinkOpen (further drops not logged)",
+                    self.name, what, stream)
+
+    # --- output -----------------------------------------------------------------
+
+    def _send(self, frames: list[Any]) -> None:
+        self._pending.append(frames)
+        self._flush()
+
+    def _flush(self) -> bool:
+        """Send what waits, without blocking; True when nothing is left."""
+        while self._pending:
+            try:
+                self.out.send_multipart(self._pending[0], copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            self._pending.popleft()
+        return True
+
+    # --- shutdown ---------------------------------------------------------------
+
+    def _finish(self) -> None:
+        if self.stop == "shutdown":
+            self._drain_input(time.monotonic() + SHUTDOWN_DRAIN_S)
+        for stream in self.draining.values():
+            stream.release()
+            self._send(encode(SinkDone(stream.open.stream, stream.metrics(
+                note="playback cut short by sink shutdown"))))
+        self.draining.clear()
+        for key, stream in self.streams.items():
+            stream.release()
+            log.warning("%s: stream '%s' had no SinkClose at shutdown; outputs closed, no SinkDone", self.name, key)
+        self.streams.clear()
+        timeout = self.send_timeout_s if self.stop == "shutdown" else QUICK_SEND_TIMEOUT_S
+        if not self._flush_until(time.monotonic() + timeout):
+            log.warning("%s: output not read; dropping %d unsent message(s)", self.name, len(self._pending))
+        log.info("%s: stopped (%s)", self.name, self.stop)
+
+    def _drain_input(self, deadline: float) -> None:
+        """Handle input already queued when the Shutdown came, so closed streams get their SinkDone."""
+        while time.monotonic() < deadline:
+            if self._pending and not self._flush_until(deadline):
+                return
+            try:
+                frames = self.inp.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._on_input(frames, time.monotonic())
+
+    def _flush_until(self, deadline: float) -> bool:
+        while not self._flush():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.out.poll(min(left, 0.05) * 1000, zmq.POLLOUT)
+        return True
+
+    def close(self) -> None:
+        self.inp.close()
+        # Whatever could not be sent is dropped: the sink must not hang on exit.
+        if self._pending:
+            linger_s = 0.0
+        else:
+            linger_s = QUICK_SEND_TIMEOUT_S if self.stop == "signal" else self.send_timeout_s
+        self.out.close(linger=int(linger_s * 1000))
+        self.ctl.close()
+        self._remove_ctl_file()
+
+    def _remove_ctl_file(self) -> None:
+        """ZeroMQ leaves the socket file behind; remove it if it is still the one we bound."""
+        if self._ctl_file is None:
+            return
+        try:
+            if os.stat(self._ctl_file).st_ino == self._ctl_inode:
+                os.unlink(self._ctl_file)
+        except OSError as exc:
+            log.debug("%s: leaving %s: %s", self.name, self._ctl_file, exc)
+
+
+def claim_ipc_path(endpoint: str) -> str | None:
+    """The file an ipc:// bind will create, after checking that binding destroys nothing.
+
+    ZeroMQ unlinks whatever is at the path before it binds. That is right for a
+    socket file left by a killed sink, wrong for any other file and for a socket
+    another process still serves; those raise ZMQError (EADDRINUSE).
+    """
+    if not endpoint.startswith("ipc://") or endpoint[6:].startswith("@"):  # "@": abstract, no file
+        return None
+    path = endpoint[6:]
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISSOCK(mode):
+        raise zmq.ZMQError(errno.EADDRINUSE, f"{path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return path  # nobody listens: a stale file, safe to replace
+    finally:
+        probe.close()
+    raise zmq.ZMQError(errno.EADDRINUSE, f"another process is serving {path}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workers.sink", description=__doc__.split("\n\n")[0])
+    p.add_argument("--in", dest="in_ep", required=True, help="coordinator's PUSH endpoint to connect to")
+    p.add_argument("--out", dest="out_ep", required=True, help="coordinator's PULL endpoint to connect to")
+    p.add_argument("--ctl", dest="ctl_ep", required=True, help="endpoint to bind for control (Shutdown)")
+    p.add_argument("--name", default="sink", help="name used in log lines")
+    p.add_argument("--hwm", type=int, default=4096, help="high-water mark (messages) of the sockets")
+    p.add_argument("--send-timeout", type=float, default=1.0,
+                   help="seconds to wait at shutdown for the coordinator to read what is left")
+    p.add_argument("--log-level", default="INFO", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = zmq.Context()
+    try:
+        sink = Sink(ctx, args.in_ep, args.out_ep, args.ctl_ep, name=args.name, hwm=args.hwm,
+                    send_timeout_s=args.send_timeout)
+    except zmq.ZMQError as exc:
+        log.error("%s: cannot set up sockets: %s", args.name, exc)
+        ctx.destroy(linger=0)  # closes the sockets made before the failing one
+        return 2
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s: %s, stopping", args.name, signal.Signals(signum).name)
+        sink.stop = "signal"
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return sink.run()
+    finally:
+        sink.close()
+        ctx.term()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
