@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ class Coordinator:
         self.health: dict[str, object] = {"healthy": True}
         self.slow_client_drops = 0
         self._sink_pid: int | None = None
+        self._greeted: set[bytes] = set()
         self._stop = asyncio.Event()
         self._serving = asyncio.Event()
         self._bound: list[str] = []
@@ -164,6 +166,10 @@ class Coordinator:
             return
         worker = self.pool.beat(identity)
         if worker is None:
+            if isinstance(msg, p.Heartbeat) and identity not in self._greeted:
+                # A worker that outlived a previous coordinator: ask for its handshake.
+                self._greeted.add(identity)
+                await self.worker_sock.send_multipart([identity, *encode(p.Hello(coordinator_pid=os.getpid()))])
             log.debug("dropping %s from unknown or dead worker %r", type(msg).__name__, identity)
             return
         if isinstance(msg, p.AudioPiece):

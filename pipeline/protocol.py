@@ -213,6 +213,13 @@ class Dead(Message):
 
 
 @dataclass
+class Hello(Message):
+    """A (restarted) coordinator meets a worker it has no handshake from: send ``ready`` again."""
+    KIND: ClassVar[bytes] = b"hello"
+    coordinator_pid: int = 0
+
+
+@dataclass
 class Shutdown(Message):
     """Ask a process to finish what it holds and exit."""
     KIND: ClassVar[bytes] = b"shutdown"
@@ -252,7 +259,7 @@ class SinkDone(Message):
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Speak, Open, Append, End, Cancel, Status,
     Accepted, AudioBlock, Done, Error, StatusReply,
-    Ready, SynthChunk, CancelStream, AudioPiece, ChunkFailed, Heartbeat, Dead, Shutdown,
+    Ready, SynthChunk, CancelStream, AudioPiece, ChunkFailed, Heartbeat, Dead, Hello, Shutdown,
     SinkOpen, SinkClose, SinkDone,
 )
 BY_KIND: dict[bytes, type[Message]] = {m.KIND: m for m in ALL_MESSAGES}

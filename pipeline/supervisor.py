@@ -142,7 +142,7 @@ class Supervisor:
     def _spawn(self, m: Managed) -> None:
         m.starts.append(time.monotonic())
         env = {**os.environ, **(m.env or {})}
-        argv = m.argv + (["--log-level", self.log_level] if m.name != "sink" else [])
+        argv = m.argv + ["--log-level", self.log_level]
         out = open(self.log_dir / f"{m.name}.log", "ab") if self.log_dir else None
         m.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                   start_new_session=False)

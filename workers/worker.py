@@ -83,8 +83,10 @@ class WorkerIO(threading.Thread):
 
 
 class SynthesisLoop:
-    def __init__(self, engine: Engine, io: WorkerIO, name: str, heartbeat_s: float, faults: Faults):
+    def __init__(self, engine: Engine, io: WorkerIO, name: str, heartbeat_s: float, faults: Faults,
+                 ready: p.Ready):
         self.engine = engine
+        self.ready = ready
         self.io = io
         self.name = name
         self.heartbeat_s = heartbeat_s
@@ -116,7 +118,7 @@ class SynthesisLoop:
             except queue.Empty:
                 break
         # Control first: a cancel must not wait behind the chunks that arrived with it.
-        for msg in sorted(msgs, key=lambda m: not isinstance(m, (p.CancelStream, p.Shutdown))):
+        for msg in sorted(msgs, key=lambda m: not isinstance(m, (p.CancelStream, p.Shutdown, p.Hello))):
             self._apply(msg)
 
     def _apply(self, msg: p.Message) -> None:
@@ -125,6 +127,9 @@ class SynthesisLoop:
         elif isinstance(msg, p.CancelStream):
             dropped = self.engine.cancel(msg.stream, msg.below_epoch)
             log.debug("cancelled stream %s below epoch %d: %d job(s) dropped", msg.stream, msg.below_epoch, dropped)
+        elif isinstance(msg, p.Hello):
+            log.info("a new coordinator (pid %d) asks for the handshake", msg.coordinator_pid)
+            self.io.send(self.ready)
         elif isinstance(msg, p.Shutdown):
             if self.faults.ignore_shutdown:
                 log.warning("ignoring shutdown request (fault injection)")
@@ -195,9 +200,10 @@ def serve(run: RunPaths, name: str) -> int:
         ctx.term()
         return 2
     info = engine.info
-    io.send(p.Ready(worker=name, engine=info.engine, model=info.model, sample_rate=info.sample_rate,
-                    dtype=info.dtype, device=info.device, pid=os.getpid(), char_limits=dict(info.char_limits)))
-    loop = SynthesisLoop(engine, io, name, settings.service.heartbeat_interval_s, faults)
+    ready = p.Ready(worker=name, engine=info.engine, model=info.model, sample_rate=info.sample_rate,
+                    dtype=info.dtype, device=info.device, pid=os.getpid(), char_limits=dict(info.char_limits))
+    io.send(ready)
+    loop = SynthesisLoop(engine, io, name, settings.service.heartbeat_interval_s, faults, ready)
     if not faults.ignore_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: setattr(loop, "stop_requested", True))
     code = 0
