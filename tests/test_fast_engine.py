@@ -165,3 +165,19 @@ def test_warm_up_leaves_the_engine_idle(tiny_checkpoint):
     eng.warm_up()
     assert not eng.has_work()
     eng.close()
+
+
+def test_built_from_service_settings_with_a_reference_audio_voice(tiny_checkpoint, tmp_path):
+    from tests.xtts_support import service_for
+    from workers.engines.xtts_fast.engine import build_xtts_fast
+
+    eng = build_xtts_fast(service_for(tiny_checkpoint, tmp_path, dtype="bf16"), slots=2, max_len=256)
+    assert eng.info.dtype == "bf16" and eng.info.model == tiny_checkpoint.name
+    voice = str(tiny_checkpoint / "samples" / "en_sample.wav")  # latents computed from audio, fp32 encoders
+    jobs = [job("ref", n=6), job("lang", n=6)]
+    jobs[0].voice = voice
+    jobs[1].language = "xx"
+    outs = drain_after(eng, jobs)
+    failed = {o.job.stream: o.message for o in outs if isinstance(o, JobFailed)}
+    assert list(failed) == ["lang"] and "not supported" in failed["lang"]
+    check_pieces(by_stream(outs)["ref"], FrameChain.for_model(1024, 256, 22050, 24000, 1.0).samples(6))

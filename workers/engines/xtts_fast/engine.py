@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -66,7 +66,11 @@ class _Pending:
 
 class FastXttsEngine:
     def __init__(self, model: Any, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 settings: FastSettings | None = None, model_name: str = "xtts-v2", voices: Any = None) -> None:
+                 settings: FastSettings | None = None, model_name: str = "xtts-v2",
+                 voices: Callable[[str], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 default_language: str = "en") -> None:
+        """`voices` maps a job's voice to (gpt_cond_latent [1, 32, d], speaker_embedding [1, 512, 1]);
+        without it the checkpoint's speakers file is used."""
         self.device = torch.device(device)
         self.dtype = dtype
         self.settings = settings or FastSettings.for_device(self.device)
@@ -74,7 +78,11 @@ class FastXttsEngine:
         s = self.settings
         self.model = model.to(self.device)
         gpt = model.gpt
-        gpt.to(dtype)
+        # Only what the decode loop runs goes to half precision; the conditioning encoders
+        # stay fp32 so new voices can still be computed from reference audio.
+        for module in (gpt.gpt, gpt.mel_embedding, gpt.mel_pos_embedding, gpt.text_embedding,
+                       gpt.text_pos_embedding, gpt.final_norm, gpt.mel_head):
+            module.to(dtype)
         vdtype = s.vocoder_dtype or (dtype if self.cuda else torch.float32)
         hifigan = fold_weight_norm(model.hifigan_decoder.waveform_decoder).to(vdtype)
         self.vocoder = IncrementalVocoder(hifigan, s.vocoder, vdtype)
@@ -86,6 +94,8 @@ class FastXttsEngine:
         self.batcher = Batcher(s.slots)
         self.args = model.args
         self.voices = voices
+        self.default_language = default_language
+        self.languages = {lang.split("-")[0] for lang in getattr(model.config, "languages", []) or []}
         self._voice_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pending: list[_Pending] = []
         self._failed: list[JobFailed] = []
@@ -184,7 +194,9 @@ class FastXttsEngine:
         text = job.text.strip().lower()
         if not text:
             raise ValueError("empty text")
-        language = job.language.split("-")[0]
+        language = (job.language or self.default_language).lower().split("-")[0]
+        if self.languages and language not in self.languages:
+            raise ValueError(f"language '{language}' is not supported by XTTS; supported: {', '.join(sorted(self.languages))}")
         tokens = self.model.tokenizer.encode(text, lang=language)
         if len(tokens) >= self.args.gpt_max_text_tokens:
             raise ValueError(f"text is {len(tokens)} tokens; XTTS takes fewer than {self.args.gpt_max_text_tokens}")
@@ -333,12 +345,38 @@ class FastXttsEngine:
         return out
 
 
-def build_xtts_fast(service_settings: Any, checkpoint_dir: str | Path, **overrides: Any) -> FastXttsEngine:
-    """The fast engine for the service: load the checkpoint with coqui-tts, run our loop over it."""
-    from workers.engines.xtts_model import load_xtts, resolve_device, resolve_dtype
+def build_xtts_fast(service_settings: Any, checkpoint_dir: str | Path | None = None,
+                    **overrides: Any) -> FastXttsEngine:
+    """The fast engine from the [service] settings (device, dtype, cache_dir, voice, language).
 
-    device = resolve_device(getattr(service_settings, "device", "auto"))
-    dtype = resolve_dtype(getattr(service_settings, "dtype", "auto"), device)
-    model, _config = load_xtts(checkpoint_dir, device=device, dtype="fp32")
+    Loads the checkpoint with coqui-tts (fp32), then runs our loop over its modules
+    in the configured dtype (auto: fp16 on CUDA, fp32 on the CPU). `overrides` set
+    FastSettings fields (slots, max_len, use_graphs, ...).
+    """
+    from workers.engines.base import EngineError
+    from workers.engines.voices import VoiceCache, VoiceError
+    from workers.engines.xtts_model import CheckpointError, find_checkpoint, load_xtts, resolve_device, resolve_dtype
+
+    try:
+        path = find_checkpoint(checkpoint_dir or service_settings.checkpoint or None)
+        if path is None:
+            raise EngineError("no XTTS checkpoint configured or found (set service.checkpoint or "
+                              "XTTS_STREAM_CHECKPOINT, or make one with `xtts-stream make-synthetic`)")
+        device = resolve_device(service_settings.device)
+        dtype = resolve_dtype(service_settings.dtype, device)
+        model, _config = load_xtts(path, device=device, dtype="fp32")
+    except CheckpointError as exc:
+        raise EngineError(str(exc)) from exc
+    cache = VoiceCache(model, path, cache_dir=service_settings.cache_dir or None, default_voice=service_settings.voice)
+    try:
+        cache.get("")
+    except VoiceError as exc:
+        raise EngineError(str(exc)) from exc
+
+    def voices(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        latents = cache.get(name)
+        return latents.gpt_cond_latent, latents.speaker_embedding
+
     settings = FastSettings.for_device(torch.device(device), **overrides)
-    return FastXttsEngine(model, device, dtype, settings, model_name=Path(checkpoint_dir).name)
+    return FastXttsEngine(model, device, dtype, settings, model_name=path.name, voices=voices,
+                          default_language=service_settings.language)
