@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import protocol as p
@@ -96,14 +97,25 @@ class StreamRequests:
         if limits and language not in limits:
             raise RequestError("bad_language", f"language '{language}' is not supported by this engine; "
                                f"valid: {', '.join(sorted(limits))}", msg.stream)
-        if not (msg.deliver in DELIVERIES or msg.deliver.startswith("wav:") and len(msg.deliver) > 4):
-            raise RequestError("bad_deliver", f"deliver must be one of {', '.join(DELIVERIES)} or wav:PATH", msg.stream)
+        deliver = self._deliver(msg)
         st = self._new_stream(identity, msg, profile, language, limits)
+        st.deliver = deliver
         await self.c.send_sink(p.SinkOpen(stream=st.sid, sample_rate=st.sample_rate, prebuffer_ms=profile.prebuffer_ms,
                                           block_ms=profile.block_ms, deliver=st.deliver, t_accept=st.t_accept))
         await self.c.reply(identity, p.Accepted(stream=msg.stream, profile=profile.name, sample_rate=st.sample_rate,
                                                 block_samples=st.reassembler.block_samples))
         return st
+
+    def _deliver(self, msg: p.Speak | p.Open) -> str:
+        if msg.deliver in DELIVERIES:
+            return msg.deliver
+        name = msg.deliver[4:] if msg.deliver.startswith("wav:") else ""
+        root = Path(self.c.settings.service.wav_dir).expanduser().resolve()
+        path = (root / name).resolve()
+        if not name.endswith(".wav") or Path(name).is_absolute() or root not in path.parents:
+            raise RequestError("bad_deliver", f"deliver must be one of {', '.join(DELIVERIES)} or wav:NAME.wav "
+                               f"(a relative path inside the service's wav_dir)", msg.stream)
+        return f"wav:{path}"
 
     def _new_stream(self, identity, msg, profile, language, limits) -> StreamState:
         self._next_sid += 1

@@ -17,8 +17,12 @@ except ImportError:  # pragma: no cover - while the XTTS support module is absen
 
 
 @pytest.fixture(scope="session")
-def piper_service():
-    svc = ServiceProcess("--engine", "piper").start()
+def piper_service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("piper-service")
+    config = root / "service.toml"
+    config.write_text(f'[service]\nwav_dir = "{root / "wav"}"\n')
+    svc = ServiceProcess("--engine", "piper", "--config", str(config)).start()
+    svc.wav_dir = root / "wav"
     yield svc
     svc.stop()
     assert not svc.orphans, "the service left processes behind"

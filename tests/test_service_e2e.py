@@ -122,6 +122,9 @@ def _header(**fields) -> bytes:
     ([b"speak", _header(stream="s", text="x" * 1_000_000)], "text_too_long"),
     ([b"speak", b"\x83\xa1v\x01\xa6stream\xa1s\xa4text\xa3\xff\xfe\xfd"], "bad_utf8"),
     ([b"speak", _header(stream="s", text="hi", language="xx")], "bad_language"),
+    ([b"speak", _header(stream="s", text="hi", deliver="wav:/etc/owned.wav")], "bad_deliver"),
+    ([b"speak", _header(stream="s", text="hi", deliver="wav:../../owned.wav")], "bad_deliver"),
+    ([b"speak", _header(stream="s", text="hi", deliver="tape")], "bad_deliver"),
     ([b"append", _header(stream="nope", text="hi")], "unknown_stream"),
     ([b"ready", _header(worker="w", engine="e", model="m", sample_rate=1, dtype="d", device="d", pid=1)], "bad_request"),
 ])
@@ -134,6 +137,16 @@ def test_bad_requests_get_clear_errors_and_others_keep_going(piper_service, fram
     assert isinstance(reply, p.Error) and reply.code == code, reply
     assert reply.message
     assert good.error is None and good.metrics["audio_s"] > 0.5
+
+
+def test_wav_delivery_writes_inside_wav_dir(piper_service):
+    import soundfile
+    out = run(speak(piper_service.endpoint, "Written to a file.", deliver="wav:sub/said.wav"))
+    assert out.error is None and out.blocks == [], "wav delivery sends no audio back"
+    path = piper_service.wav_dir / "sub" / "said.wav"
+    assert out.metrics["wav_path"] == str(path)
+    audio, rate = soundfile.read(path, dtype="int16")
+    assert rate == 22050 and len(audio) == round(out.metrics["audio_s"] * rate)
 
 
 def test_status_reports_worker_and_health(piper_service):
