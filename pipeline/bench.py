@@ -60,7 +60,7 @@ def bench_service(args) -> dict[str, Any]:
         for path in ("stock", "fast"):
             results[f"xtts_{path}"] = run_service_bench(
                 ["--engine", "xtts", "--checkpoint", checkpoint, "--xtts-path", path,
-                 "--forced-tokens-per-char", FORCED], tiny=args.tiny)
+                 "--forced-tokens-per-char", FORCED], tiny=args.tiny, baseline=path == "stock")
     return results
 
 

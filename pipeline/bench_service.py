@@ -109,12 +109,16 @@ async def concurrency_sweep(endpoint: str, levels: list[int], budget_s: float) -
     return out
 
 
-async def _service_suite(endpoint: str, tiny: bool) -> dict[str, Any]:
+async def _service_suite(endpoint: str, tiny: bool, baseline: bool) -> dict[str, Any]:
+    """``baseline``: the stock path serves one request at a time, so it gets the
+    TTFA series and RTF only (its sweep would outlast any GPU time box)."""
     async with Client(endpoint, timeout_s=300) as client:
         for _ in range(3):  # warm-up
             await _one(client, SENTENCE)
-        ttfa = await ttfa_series(client, 20, budget_s=60 if tiny else 90)
+        ttfa = await ttfa_series(client, 10 if baseline else 20, budget_s=60 if tiny else 90)
         rtf = await rtf_texts(client)
+        if baseline:
+            return {"ttfa": ttfa, "rtf": rtf, "ttfa_by_first_chunk": [], "concurrency": []}
         lengths = [10, 40, 120] if tiny else [10, 20, 40, 80, 160, 250]
         by_len = await ttfa_by_first_chunk(client, lengths, budget_s=40 if tiny else 60)
     levels = [1, 4, 8] if tiny else [1, 4, 16, 64, 128, 256]
@@ -122,10 +126,11 @@ async def _service_suite(endpoint: str, tiny: bool) -> dict[str, Any]:
     return {"ttfa": ttfa, "rtf": rtf, "ttfa_by_first_chunk": by_len, "concurrency": sweep}
 
 
-def run_service_bench(serve_args: list[str], tiny: bool, ready_timeout_s: float = 600) -> dict[str, Any]:
+def run_service_bench(serve_args: list[str], tiny: bool, baseline: bool = False,
+                      ready_timeout_s: float = 600) -> dict[str, Any]:
     with ServiceProcess(*serve_args, ready_timeout_s=ready_timeout_s) as svc:
         t0 = time.monotonic()
-        result = asyncio.run(_service_suite(svc.endpoint, tiny))
+        result = asyncio.run(_service_suite(svc.endpoint, tiny, baseline))
         result["wall_s"] = round(time.monotonic() - t0, 1)
         result["processes"] = process_tree_stats(svc.proc.pid)
     result["serve_args"] = serve_args
