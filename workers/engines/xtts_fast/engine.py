@@ -41,6 +41,7 @@ class FastSettings:
     max_len: int = 640  # KV cache positions per slot: prefix + audio tokens
     max_prefills_per_step: int = 8
     use_graphs: bool = True  # CUDA graphs for the decode step (CUDA only)
+    overlap_vocoder: bool = True  # vocoder on its own CUDA stream, returned one step later (CUDA only)
     key_bucket: int = 128
     vocoder_dtype: torch.dtype | None = None  # None: the GPT's dtype on CUDA, fp32 on the CPU
     vocoder: VocoderSettings = field(default_factory=VocoderSettings)
@@ -50,7 +51,7 @@ class FastSettings:
 
     @classmethod
     def for_device(cls, device: torch.device, **overrides: Any) -> "FastSettings":
-        base = cls(slots=256, max_len=1024) if device.type == "cuda" else cls()
+        base = cls(slots=256, max_len=1024, max_prefills_per_step=32) if device.type == "cuda" else cls()
         return replace(base, **overrides)
 
 
@@ -76,6 +77,7 @@ class FastXttsEngine:
         self.settings = settings or FastSettings.for_device(self.device)
         self.cuda = self.device.type == "cuda"
         s = self.settings
+        self.overlap = self.cuda and s.overlap_vocoder
         self.model = model.to(self.device)
         gpt = model.gpt
         # Only what the decode loop runs goes to half precision; the conditioning encoders
@@ -99,7 +101,7 @@ class FastXttsEngine:
         self._voice_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pending: list[_Pending] = []
         self._failed: list[JobFailed] = []
-        self.voc_stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.voc_stream = torch.cuda.Stream(self.device) if self.overlap else None
         self.info = EngineInfo(
             engine="xtts-fast", model=model_name, sample_rate=int(self.args.output_sample_rate),
             dtype=DTYPE_NAMES[dtype], device=str(self.device),
@@ -128,13 +130,13 @@ class FastXttsEngine:
         self._failed = []
         self._admit()
         decoded = self._launch_decode()
-        if self.cuda and decoded is not None:
+        if self.overlap and decoded is not None:
             out += self._collect()  # last step's vocoder work overlapped this decode
         if decoded is not None:
             self._finish_decode(decoded)
         self._launch_pieces()
         self.batcher.compact(self._move)
-        if not self.cuda or not self.batcher.running:
+        if not self.overlap or not self.batcher.running:
             out += self._collect()
         return out
 
@@ -313,8 +315,10 @@ class FastXttsEngine:
             requests.append(req)
         if not requests:
             return
-        if not self.cuda:
-            self._pending.append(_Pending([r.tag for r in requests], self.vocoder.run(requests), [], None))
+        if not self.overlap:
+            audio = self.vocoder.run(requests)
+            self._pending.append(_Pending([r.tag for r in requests], [replace(a, samples=a.samples.cpu()) for a in audio],
+                                          [], None))
             return
         main = torch.cuda.current_stream(self.device)
         self.voc_stream.wait_stream(main)

@@ -94,7 +94,7 @@ class IncrementalVocoder:
             return None
         stop = stream.chain.frames(known)
         start = self._window_start(stream.emitted, stop)
-        frames = stream.chain.window(latents, offset, known, start, stop)
+        frames = stream.chain.window(latents.float(), offset, known, start, stop)
         return PieceRequest(stream, frames, start, stop, end, final, tag)
 
     def latents_from(self, stream: VocoderStream, known: int) -> int:
