@@ -65,8 +65,8 @@ class StockRunner:
         self.cond, self.speaker = entry["gpt_cond_latent"], entry["speaker_embedding"]
         self.device = next(model.parameters()).device
 
-    def stream(self, text: str) -> tuple[float | None, float, int]:
-        """(seconds to the first chunk, seconds to the end, samples)."""
+    def stream(self, text: str, first_only: bool = False) -> tuple[float | None, float, int]:
+        """(seconds to the first chunk, seconds to the end, samples); `first_only` stops at the first chunk."""
         stop = self.model.gpt.stop_audio_token
         from transformers import LogitsProcessorList
 
@@ -80,17 +80,9 @@ class StockRunner:
             if first is None:
                 first = time.perf_counter() - t0
             samples += int(chunk.shape[-1])
+            if first_only:
+                break
         return first, time.perf_counter() - t0, samples
-
-
-def stock_ttfa(runner: StockRunner, text: str, n: int, clock: Clock) -> dict[str, Any]:
-    values = []
-    for _ in range(n):
-        if clock.over():
-            break
-        first, _, _ = runner.stream(text)
-        values.append(first)
-    return {"text_chars": len(text), **summary_ms(values), "requested": n}
 
 
 def stock_rtf(runner: StockRunner, chunks: list[str], clock: Clock) -> dict[str, Any]:
@@ -171,17 +163,6 @@ def playback(arrivals: list[Arrival], t0: float, prebuffer_ms: float) -> dict[st
     first = min(a.t for a in pieces if a.chunk == 0) if any(a.chunk == 0 for a in pieces) else None
     return {"ttfa_s": None if first is None else first - t0, "underruns": underruns, "audio_s": total / SR,
             "end_s": max(a.t for a in pieces) - t0}
-
-
-def fast_ttfa(engine: Any, text: str, n: int, sampling: dict[str, Any], clock: Clock) -> dict[str, Any]:
-    values = []
-    for i in range(n):
-        if clock.over():
-            break
-        arrivals, t0, done, _ = run_streams(engine, {f"ttfa{i}": [text]}, sampling, clock)
-        if arrivals[f"ttfa{i}"]:
-            values.append(min(a.t for a in arrivals[f"ttfa{i}"]) - t0)
-    return {"text_chars": len(text), **summary_ms(values), "requested": n}
 
 
 def fast_rtf(engine: Any, chunks: list[str], sampling: dict[str, Any], clock: Clock) -> dict[str, Any]:
@@ -344,7 +325,7 @@ def bench_stock(checkpoint: str, env: dict[str, Any], p: dict[str, Any], sentenc
     runner.stream(sentence)  # warm-up
     n = p["ttfa_requests"]
     share = Clock(clock.left() * 0.3)
-    out["ttfa_sentence"] = ttfa_series(lambda i: runner.stream(sentence)[0], n, share, sentence)
+    out["ttfa_sentence"] = ttfa_series(lambda i: runner.stream(sentence, first_only=True)[0], n, share, sentence)
     log(f"stock: TTFA p50 {out['ttfa_sentence']['p50_ms']} ms")
     out["rtf_sentence"] = stock_rtf(runner, [sentence], clock)
     out["rtf_paragraph"] = stock_rtf(runner, chunks, Clock(clock.left() * 0.7))
@@ -352,7 +333,7 @@ def bench_stock(checkpoint: str, env: dict[str, Any], p: dict[str, Any], sentenc
     out["ttfa_by_length"] = []
     for length in p["chunk_lengths"]:
         text = text_of_length(length)
-        out["ttfa_by_length"].append(ttfa_series(lambda i: runner.stream(text)[0], 1, clock, text))
+        out["ttfa_by_length"].append(ttfa_series(lambda i: runner.stream(text, first_only=True)[0], 3, clock, text))
     if env["device"].startswith("cuda"):
         out["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
     del runner, model
