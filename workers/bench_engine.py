@@ -45,9 +45,9 @@ def plan(tiny: bool) -> dict[str, Any]:
         return {"size": "tiny", "budget_s": 120, "stock_share": 0.35, "ttfa_requests": 3, "levels": [1, 2],
                 "chunk_lengths": [10, 40], "paragraph": PARAGRAPH[:156], "level_s": 25, "batches": [1, 2, 4],
                 "vocoder_batches": [1], "fast": {"slots": 8, "max_len": 512}}
-    return {"size": "full", "budget_s": 400, "stock_share": 0.25, "ttfa_requests": 20,
+    return {"size": "full", "budget_s": 300, "stock_share": 0.25, "ttfa_requests": 20,
             "levels": [1, 4, 16, 64, 128, 256], "chunk_lengths": [10, 20, 40, 80, 120, 160, 200, 250],
-            "paragraph": PARAGRAPH, "level_s": 45, "batches": [1, 2, 4, 8, 16, 32, 64, 128, 256],
+            "paragraph": PARAGRAPH, "level_s": 40, "batches": [1, 2, 4, 8, 16, 32, 64, 128, 256],
             "vocoder_batches": [1, 16], "fast": {}}
 
 

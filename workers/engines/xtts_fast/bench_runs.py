@@ -357,7 +357,8 @@ def bench_fast(checkpoint: str, env: dict[str, Any], p: dict[str, Any], sentence
     sampling = {"temperature": 0.75, "top_k": 50, "top_p": 0.85, "repetition_penalty": 5.0, "speed": 1.0,
                 "first_piece_tokens": 4, "piece_tokens": 16}
     out: dict[str, Any] = {"load_s": load_s, "warm_up_s": warm_s, "dtype": engine.info.dtype,
-                           "graphs": engine.runner.use_graphs, "overlap_vocoder": engine.overlap,
+                           "graphs": engine.runner.use_graphs, "graph_error": engine.graph_error,
+                           "overlap_vocoder": engine.overlap,
                            "settings": {k: str(v) for k, v in vars(settings).items()}}
     out["decode_step"] = decode_step_times(engine, p["batches"], 256, Clock(min(20.0, clock.left() * 0.1)))
     out["vocoder_piece"] = vocoder_times(engine, [17, 96], p["vocoder_batches"], Clock(min(15.0, clock.left() * 0.1)))

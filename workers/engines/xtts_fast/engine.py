@@ -101,6 +101,7 @@ class FastXttsEngine:
         self._voice_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pending: list[_Pending] = []
         self._failed: list[JobFailed] = []
+        self.graph_error: str | None = None
         self.voc_stream = torch.cuda.Stream(self.device) if self.overlap else None
         self.info = EngineInfo(
             engine="xtts-fast", model=model_name, sample_rate=int(self.args.output_sample_rate),
@@ -143,7 +144,13 @@ class FastXttsEngine:
     def warm_up(self) -> None:
         """Run first-chunk-sized jobs (and capture the decode graphs) so requests pay no warm-up."""
         t0 = time.perf_counter()
-        captured = self.runner.capture_all()
+        try:
+            captured = self.runner.capture_all()
+        except RuntimeError as exc:  # a capture failure costs speed, not service
+            log.warning("xtts-fast: CUDA graph capture failed, decoding eagerly: %s", exc)
+            self.graph_error = str(exc)
+            self.runner.use_graphs = False
+            captured = 0
         self.add(SynthJob(stream="__warm_up", epoch=0, chunk_index=0, text=WARM_UP_TEXT, sampling={},
                           forced_tokens=self.settings.first_piece_tokens + self.settings.piece_tokens))
         while self.has_work():
