@@ -122,7 +122,7 @@ async def _service_suite(endpoint: str, tiny: bool, baseline: bool) -> dict[str,
         lengths = [10, 40, 120] if tiny else [10, 20, 40, 80, 160, 250]
         by_len = await ttfa_by_first_chunk(client, lengths, budget_s=40 if tiny else 60)
     levels = [1, 4, 8] if tiny else [1, 4, 16, 64, 128, 256]
-    sweep = await concurrency_sweep(endpoint, levels, budget_s=60 if tiny else 150)
+    sweep = await concurrency_sweep(endpoint, levels, budget_s=60 if tiny else 100)
     return {"ttfa": ttfa, "rtf": rtf, "ttfa_by_first_chunk": by_len, "concurrency": sweep}
 
 
