@@ -20,15 +20,13 @@ from service_support import collect, run
 pytestmark = pytest.mark.slow
 
 IDLE_TIMEOUT_S = 2.0
-CLIENT_QUEUE = 500  # well above a Piper chunk's burst of 25 ms blocks (see the slow client test)
+CLIENT_QUEUE = 1000  # well above a Piper chunk's burst of 25 ms blocks (see the small queue tests below)
 CONFIG = f"""[service]
 stream_idle_timeout_s = {IDLE_TIMEOUT_S}
 max_queued_messages_per_client = {CLIENT_QUEUE}
 heartbeat_interval_s = 0.2
 """
 LONG = " ".join(f"Sentence number {i} is here, and it goes on for a while." for i in range(40))
-MEDIUM = ("The tide began to run, and the gulls were loud over the harbour. The bread was warm, "
-          "the coffee was strong, and nobody wanted to leave.")
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +86,11 @@ def test_a_slow_client_has_blocks_dropped_not_queued_and_still_gets_done(service
         rss = [coordinator_rss_mb(service)]
         dealer = RawDealer(service.endpoint, rcvhwm=4)
         try:
-            # 5 ms blocks fill the small queue five times faster than the default 25 ms
-            await dealer.send(p.Speak(stream="slow", text=LONG[:600], overrides={"block_ms": 5}))
+            # 2 ms blocks fill the queue twelve times faster than the default 25 ms
+            await dealer.send(p.Speak(stream="slow", text=LONG[:600], overrides={"block_ms": 2}))
+            deadline = asyncio.get_running_loop().time() + 60
             while (await status(service.endpoint))["blocks_dropped_slow_client"] == before["blocks_dropped_slow_client"]:
+                assert asyncio.get_running_loop().time() < deadline, "no block was dropped for a client not reading"
                 rss.append(coordinator_rss_mb(service))
                 await asyncio.sleep(0.2)
             await asyncio.sleep(2.0)  # keep not reading while more audio is made
@@ -117,7 +117,8 @@ def test_a_slow_client_has_blocks_dropped_not_queued_and_still_gets_done(service
 
 async def cancel_trial(dealer: RawDealer, stream: str, moment: str, after_blocks: int) -> list[p.Message]:
     """One stream cancelled at ``moment``: every message for it, in arrival order."""
-    text = "Hi there, friend." if moment == "after_done" else MEDIUM
+    # A cancelled stream speaks LONG (minutes of audio), so the cancel always lands before it could finish.
+    text = "Hi there, friend." if moment == "after_done" else LONG
     await dealer.send(p.Speak(stream=stream, text=text))
     got: list[p.Message] = []
     if moment == "before_first_block":
@@ -164,9 +165,9 @@ def test_a_cancel_at_any_moment_ends_the_stream_once_and_cleanly(service):
         assert [b.seq for b in blocks] == list(range(len(blocks))), "blocks in order, none missing"
         if moment == "after_done":
             assert ends[0].metrics["cancelled"] is False and len(errors) == 1 and errors[0] in after_done
-        elif ends[0].metrics["cancelled"]:
-            assert not errors
-            assert ends[0].metrics["audio_s"] < 6.0, "synthesis stopped soon after the cancel"
+        else:
+            assert ends[0].metrics["cancelled"] is True and not errors
+            assert ends[0].metrics["audio_s"] < 30, "synthesis stopped soon after the cancel"
     assert run(status(service.endpoint))["streams"] == 0
 
 
@@ -177,7 +178,7 @@ def test_the_client_library_yields_no_audio_after_cancel(service):
         async with Client(service.endpoint, timeout_s=60) as client:
             results = []
             for cut in [0] + [rng.randint(1, 30) for _ in range(3)]:
-                utt = client.speak(MEDIUM)
+                utt = client.speak(LONG)
                 if cut == 0:
                     await utt.cancel()
                 yielded = 0
