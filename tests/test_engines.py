@@ -165,13 +165,16 @@ def test_xtts_bad_jobs_fail_and_the_engine_goes_on(xtts: StockXttsEngine) -> Non
     xtts.add(SynthJob("s", 1, 2, "word " * 200, sampling=ok, forced_tokens=4))
     xtts.add(SynthJob("s", 1, 3, "Hello.", voice="nobody", sampling=ok, forced_tokens=4))
     xtts.add(SynthJob("s", 1, 4, "Hello.", sampling=ok, forced_tokens=9999))
-    xtts.add(SynthJob("s", 1, 5, "Still here.", sampling=ok, forced_tokens=6))
+    xtts.add(SynthJob("s", 1, 5, "Hello.", sampling=sampling(temperature="hot"), forced_tokens=4))
+    xtts.add(SynthJob("s", 1, 6, "Hello.", sampling=sampling(top_p=0.0), forced_tokens=4))
+    xtts.add(SynthJob("s", 1, 7, "Still here.", sampling=ok, forced_tokens=6))
     results = run_all(xtts)
     failed = {r.job.chunk_index: r.message for r in results if isinstance(r, JobFailed)}
-    assert set(failed) == {0, 1, 2, 3, 4}
+    assert set(failed) == {0, 1, 2, 3, 4, 5, 6}
     assert "'xx' is not supported" in failed[0] and "empty text" in failed[1]
     assert "tokens long" in failed[2] and "nobody" in failed[3] and "forced_tokens" in failed[4]
-    assert assert_contiguous(pieces_of(results, 5)) == stock_stream_samples(6)
+    assert "bad sampling" in failed[5] and "top_p" in failed[6]
+    assert assert_contiguous(pieces_of(results, 7)) == stock_stream_samples(6)
 
 
 def test_xtts_cancel_drops_queued_and_running_jobs(xtts: StockXttsEngine) -> None:

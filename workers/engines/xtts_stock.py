@@ -97,7 +97,10 @@ class StockXttsEngine:
     def warm_up(self) -> None:
         job = SynthJob("warm-up", 0, 0, WARM_UP_TEXT, language=self.default_language,
                        forced_tokens=forced_tokens(WARM_UP_TEXT))
-        running = self._start(job)
+        try:
+            running = self._start(job)
+        except JobRejected as exc:
+            raise EngineError(f"XTTS warm-up failed: {exc}") from exc
         for _ in running.stream:
             pass
 
@@ -124,6 +127,9 @@ class StockXttsEngine:
                 self._running = self._start(job)
             except JobRejected as exc:
                 return [JobFailed(job, str(exc))]
+            except Exception as exc:  # e.g. a voice file that breaks the encoders
+                log.exception("cannot start XTTS job %s", job.key)
+                return [JobFailed(job, f"XTTS cannot start this job: {exc}")]
         running = self._running
         try:
             wav = next(running.stream)
@@ -157,8 +163,7 @@ class StockXttsEngine:
             voice = self.voices.get(job.voice)
         except VoiceError as exc:
             raise JobRejected(str(exc)) from exc
-        sampling = job.sampling
-        kwargs: dict[str, Any] = {}
+        kwargs = self._sampling(job.sampling)
         if job.forced_tokens is not None:
             limit = self.model.gpt.max_gen_mel_tokens
             if not 1 <= job.forced_tokens <= limit:
@@ -170,16 +175,30 @@ class StockXttsEngine:
             language,
             voice.gpt_cond_latent,
             voice.speaker_embedding,
-            stream_chunk_size=int(sampling.get("piece_tokens", DEFAULT_PIECE_TOKENS)),
             overlap_wav_len=OVERLAP_SAMPLES,
-            temperature=float(sampling.get("temperature", self.config.temperature)),
-            top_k=int(sampling.get("top_k", self.config.top_k)),
-            top_p=float(sampling.get("top_p", self.config.top_p)),
-            repetition_penalty=float(sampling.get("repetition_penalty", self.config.repetition_penalty)),
-            speed=float(sampling.get("speed", 1.0)),
             **kwargs,
         )
         return _Running(job, stream)
+
+    def _sampling(self, sampling: dict[str, Any]) -> dict[str, Any]:
+        """inference_stream's keyword arguments from a job's sampling dict (checkpoint defaults for gaps)."""
+        try:
+            kwargs = {
+                "stream_chunk_size": int(sampling.get("piece_tokens", DEFAULT_PIECE_TOKENS)),
+                "temperature": float(sampling.get("temperature", self.config.temperature)),
+                "top_k": int(sampling.get("top_k", self.config.top_k)),
+                "top_p": float(sampling.get("top_p", self.config.top_p)),
+                "repetition_penalty": float(sampling.get("repetition_penalty", self.config.repetition_penalty)),
+                "speed": float(sampling.get("speed", 1.0)),
+            }
+        except (TypeError, ValueError) as exc:
+            raise JobRejected(f"bad sampling settings {sampling!r}: {exc}") from exc
+        positive = ("stream_chunk_size", "temperature", "repetition_penalty", "speed")
+        bad = [name for name in positive if not kwargs[name] > 0]
+        if bad or kwargs["top_k"] < 0 or not 0 < kwargs["top_p"] <= 1:
+            raise JobRejected(f"bad sampling settings {sampling!r}: piece_tokens, temperature, "
+                              "repetition_penalty and speed must be > 0, top_k >= 0, 0 < top_p <= 1")
+        return kwargs
 
     def _check_tokens(self, text: str, language: str) -> None:
         """Tokenize as inference_stream will, so bad text fails here with a clear message."""
