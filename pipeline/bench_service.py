@@ -41,7 +41,7 @@ async def _one(client: Client, text: str, **kwargs: Any) -> dict[str, Any]:
         async for _ in utt:
             pass
     except ServiceError as exc:
-        return {"error": str(exc)}
+        return {"failed": str(exc)}
     return {**(utt.metrics or {}), "client_ttfa_ms": utt.client_ttfa_ms}
 
 
@@ -49,7 +49,7 @@ async def ttfa_series(client: Client, n: int, budget_s: float) -> dict[str, Any]
     start, rows = time.monotonic(), []
     while len(rows) < n and time.monotonic() - start < budget_s:
         rows.append(await _one(client, SENTENCE))
-    ok = [r for r in rows if "error" not in r]
+    ok = [r for r in rows if "failed" not in r]
     return {
         "requests": len(rows), "errors": len(rows) - len(ok), "cut_short": len(rows) < n,
         "ttfa_ms_p50": pct([r["ttfa_ms"] for r in ok], 50), "ttfa_ms_p95": pct([r["ttfa_ms"] for r in ok], 95),
@@ -63,7 +63,7 @@ async def rtf_texts(client: Client) -> dict[str, Any]:
     out = {}
     for name, text in (("sentence_39", SENTENCE), ("paragraph", PARAGRAPH)):
         r = await _one(client, text)
-        out[name] = {k: r.get(k) for k in ("chars", "rtf", "audio_s", "ttfa_ms", "chunks", "underruns", "error")}
+        out[name] = {k: r.get(k) for k in ("chars", "rtf", "audio_s", "ttfa_ms", "chunks", "underruns", "failed")}
         out[name]["chars"] = len(text)
     return out
 
@@ -79,7 +79,7 @@ async def ttfa_by_first_chunk(client: Client, lengths: list[int], budget_s: floa
         text = filler[:length - 1].rstrip() + ", then it was morning."
         r = await _one(client, text, overrides={"first_chunk_max_chars": max(length, 1),
                                                 "chunk_target_chars": max(length, 120)})
-        out.append({"first_chunk_chars": length, "ttfa_ms": r.get("ttfa_ms"), "error": r.get("error")})
+        out.append({"first_chunk_chars": length, "ttfa_ms": r.get("ttfa_ms"), "failed": r.get("failed")})
     return out
 
 
@@ -94,7 +94,7 @@ async def concurrency_sweep(endpoint: str, levels: list[int], budget_s: float) -
             t0 = time.monotonic()
             rows = await asyncio.gather(*(_one(client, text) for _ in range(level)))
             wall = time.monotonic() - t0
-        ok = [r for r in rows if "error" not in r]
+        ok = [r for r in rows if "failed" not in r]
         audio = sum(r["audio_s"] for r in ok)
         out.append({
             "streams": level, "errors": len(rows) - len(ok), "wall_s": round(wall, 3),
@@ -158,13 +158,13 @@ def run_soak(clients: int = 8, requests: int = 100, serve_args: tuple[str, ...] 
             async with Client(svc.endpoint) as c:
                 return (await c.status(10)).state
         state = asyncio.run(status())
-    errors = [r["error"] for r in rows if "error" in r]
+    errors = [r["failed"] for r in rows if "failed" in r]
     return {
         "clients": clients, "requests_per_client": requests, "completed": len(rows) - len(errors),
         "errors": len(errors), "first_errors": errors[:5], "wall_s": round(wall, 1),
         "seam_violations": sum(r.get("seam_violations") or 0 for r in rows),
         "open_streams_after": state["streams"], "processes_before": before, "processes_after": after,
         "stop_step": svc.stop_step, "orphans_after_stop": svc.orphans,
-        "ttfa_ms_p50": pct([r["ttfa_ms"] for r in rows if "error" not in r], 50),
-        "ttfa_ms_p95": pct([r["ttfa_ms"] for r in rows if "error" not in r], 95),
+        "ttfa_ms_p50": pct([r["ttfa_ms"] for r in rows if "failed" not in r], 50),
+        "ttfa_ms_p95": pct([r["ttfa_ms"] for r in rows if "failed" not in r], 95),
     }

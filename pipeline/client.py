@@ -217,8 +217,8 @@ class Client:
                 lost, self._streams = self._streams, {}
                 for utt in lost.values():
                     utt.queue.put_nowait(ServiceUnavailable(
-                        "connection_lost", f"the connection to {self.endpoint} dropped; stream '{utt.stream}' "
-                        f"cannot finish (the service restarts its coordinator; send it again)", utt.stream))
+                        "connection_lost", f"the connection to {self.endpoint} dropped (the service stopped, or "
+                        f"its coordinator is being restarted); stream '{utt.stream}' cannot finish", utt.stream))
         finally:
             self.sock.disable_monitor()
             monitor.close()

@@ -20,6 +20,7 @@ import zmq.asyncio
 
 from . import protocol as p
 from .codec import DecodeError, decode, encode
+from .outbox import ClientOutbox
 from .requests import RequestError, StreamRequests
 from .runpaths import RunPaths, unlink_ipc
 from .security import apply_server_security
@@ -52,6 +53,7 @@ class Coordinator:
         self.sample_rate = 0
         self.health: dict[str, object] = {"healthy": True}
         self.slow_client_drops = 0
+        self._outboxes: dict[bytes, ClientOutbox] = {}
         self._sink_pid: int | None = None
         self._greeted: set[bytes] = set()
         self._stop = asyncio.Event()
@@ -91,6 +93,7 @@ class Coordinator:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.clients.close(linger=500)  # the shutting_down errors just queued must reach their clients
         self.ctx.destroy(linger=0)
         for endpoint in self._bound:
             unlink_ipc(endpoint)
@@ -115,34 +118,36 @@ class Coordinator:
                 await self.reply(identity, p.Error(code="internal", message=f"internal error: {exc}"))
 
     async def reply(self, identity: bytes, msg: p.Message) -> bool:
-        """Send to a client without ever waiting on it: False when it could not take the message."""
-        try:
-            await self.clients.send_multipart([identity, *encode(msg)], copy=False, flags=zmq.NOBLOCK)
-            return True
-        except zmq.Again:  # its queue is full: it reads slower than we speak
-            if isinstance(msg, p.AudioBlock):
-                self.slow_client_drops += 1
-            else:  # the end of a stream must not be lost: try again while the client drains
-                self._spawn(self._reply_later(identity, msg))
-            return False
-        except zmq.ZMQError as exc:  # the client went away (ROUTER_MANDATORY)
-            log.info("client %s unreachable (%s); dropping its streams", identity.hex(), exc.strerror)
-            for st in [s for s in self.streams.values() if s.client == identity]:
-                await self.requests.abandon(st)
-            return False
-
-    async def _reply_later(self, identity: bytes, msg: p.Message, patience_s: float = 30.0) -> None:
-        deadline = time.monotonic() + patience_s
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        """Send to a client without ever waiting on it: False when the message had to be dropped."""
+        frames = [identity, *encode(msg)]
+        box = self._outboxes.get(identity)
+        if box is None:  # nothing waiting for this client: straight to ZeroMQ
             try:
-                await self.clients.send_multipart([identity, *encode(msg)], copy=False, flags=zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                continue
-            except zmq.ZMQError:
-                return
-        log.warning("client %s took nothing for %.0f s; %s dropped", identity.hex(), patience_s, type(msg).__name__)
+                await self.clients.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:  # its ZeroMQ queue is full: later replies wait in order behind this one
+                box = self._open_outbox(identity)
+            except zmq.ZMQError as exc:  # the client went away (ROUTER_MANDATORY)
+                log.info("client %s unreachable (%s); dropping its streams", identity.hex(), exc.strerror)
+                await self._client_gone(identity)
+                return False
+        if box.offer(msg, frames):
+            return True
+        if isinstance(msg, p.AudioBlock):
+            self.slow_client_drops += 1
+        return False
+
+    def _open_outbox(self, identity: bytes) -> ClientOutbox:
+        box = ClientOutbox(self.clients, identity, self.settings.service.max_client_backlog_s, 30.0,
+                           self._client_gone)
+        self._outboxes[identity] = box
+        task = asyncio.get_running_loop().create_task(box.drain())
+        task.add_done_callback(lambda _: self._outboxes.pop(identity, None))
+        return box
+
+    async def _client_gone(self, identity: bytes) -> None:
+        for st in [s for s in self.streams.values() if s.client == identity]:
+            await self.requests.abandon(st)
 
     # -- workers -------------------------------------------------------------
 
@@ -272,6 +277,7 @@ class Coordinator:
                          "silent_s": round(time.monotonic() - w.last_beat, 3)} for w in self.pool.workers.values()],
             "worker_deaths": self.pool.deaths,
             "blocks_dropped_slow_client": self.slow_client_drops,
+            "clients_waiting": len(self._outboxes),
             "last_worker_death": self.pool.last_death,
             "engine": self.engine_info,
             "sample_rate": self.sample_rate,

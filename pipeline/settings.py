@@ -84,6 +84,7 @@ class ServiceSettings:
     max_text_chars: int = 100000
     max_streams_per_client: int = 32
     max_queued_messages_per_client: int = 4000
+    max_client_backlog_s: float = 30.0
     stream_idle_timeout_s: float = 120.0
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 20.0
@@ -198,20 +199,21 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
     return value
 
 
-_POSITIVE = ("first_chunk_max_chars", "chunk_target_chars", "chars_per_second", "block_ms",
-             "first_piece_tokens", "piece_tokens", "temperature", "speed")
+# Bounds a request may not leave: beyond them a value is a mistake or an attack
+# (a speed of 1e-6 asks for a million times the audio; a block of 2**64 ms
+# cannot even be encoded).
+_BOUNDS = {
+    "first_chunk_max_chars": (1, 1000), "chunk_target_chars": (1, 2000), "chars_per_second": (1, 100),
+    "natural_pause_after_s": (0, 120), "prebuffer_ms": (0, 10000), "block_ms": (5, 1000),
+    "first_piece_tokens": (1, 256), "piece_tokens": (1, 256), "temperature": (0.01, 5), "top_k": (0, 2000),
+    "top_p": (0.01, 1), "repetition_penalty": (0.1, 20), "speed": (0.25, 4),
+}
 
 
 def _validated(p: Profile) -> Profile:
-    for name in _POSITIVE:
-        if getattr(p, name) <= 0:
-            raise SettingsError(f"profile '{p.name}': {name} must be > 0, got {getattr(p, name)}")
-    if p.prebuffer_ms < 0 or p.natural_pause_after_s < 0:
-        raise SettingsError(f"profile '{p.name}': prebuffer_ms and natural_pause_after_s must be >= 0")
-    if not 0 < p.top_p <= 1:
-        raise SettingsError(f"profile '{p.name}': top_p must be in (0, 1], got {p.top_p}")
-    if p.top_k < 0 or p.repetition_penalty <= 0:
-        raise SettingsError(f"profile '{p.name}': top_k must be >= 0 and repetition_penalty > 0")
+    for name, (low, high) in _BOUNDS.items():
+        if not low <= getattr(p, name) <= high:
+            raise SettingsError(f"profile '{p.name}': {name} must be between {low} and {high}, got {getattr(p, name)}")
     if p.chunk_target_chars < p.first_chunk_max_chars:
         raise SettingsError(f"profile '{p.name}': chunk_target_chars must be >= first_chunk_max_chars")
     return p

@@ -24,6 +24,7 @@ CLIENT_QUEUE = 1000  # well above a Piper chunk's burst of 25 ms blocks (see the
 CONFIG = f"""[service]
 stream_idle_timeout_s = {IDLE_TIMEOUT_S}
 max_queued_messages_per_client = {CLIENT_QUEUE}
+max_client_backlog_s = 2.0
 heartbeat_interval_s = 0.2
 """
 LONG = " ".join(f"Sentence number {i} is here, and it goes on for a while." for i in range(40))
@@ -86,8 +87,8 @@ def test_a_slow_client_has_blocks_dropped_not_queued_and_still_gets_done(service
         rss = [coordinator_rss_mb(service)]
         dealer = RawDealer(service.endpoint, rcvhwm=4)
         try:
-            # 2 ms blocks fill the queue twelve times faster than the default 25 ms
-            await dealer.send(p.Speak(stream="slow", text=LONG[:600], overrides={"block_ms": 2}))
+            # 5 ms blocks (the smallest allowed) fill the queue five times faster than the default 25 ms
+            await dealer.send(p.Speak(stream="slow", text=LONG[:600], overrides={"block_ms": 5}))
             deadline = asyncio.get_running_loop().time() + 60
             while (await status(service.endpoint))["blocks_dropped_slow_client"] == before["blocks_dropped_slow_client"]:
                 assert asyncio.get_running_loop().time() < deadline, "no block was dropped for a client not reading"
@@ -208,10 +209,6 @@ def small_queue_service(tmp_path_factory):
     assert not svc.orphans, "the service left processes behind"
 
 
-@pytest.mark.xfail(strict=True, reason="Coordinator.reply() drops an audio block as soon as zmq.Again says the "
-                   "client's queue is full, but Piper hands over a whole chunk (~300 blocks of 25 ms) at once, "
-                   "faster than ZeroMQ's IO thread drains it: with max_queued_messages_per_client = 50 a client "
-                   "reading as fast as it can loses 15-60% of its blocks")
 def test_a_client_reading_as_fast_as_it_can_loses_no_audio_to_a_small_queue(small_queue_service):
     async def go():
         async with Client(small_queue_service.endpoint, timeout_s=60) as client:
@@ -222,10 +219,6 @@ def test_a_client_reading_as_fast_as_it_can_loses_no_audio_to_a_small_queue(smal
     out.assert_in_order()
 
 
-@pytest.mark.xfail(strict=True, reason="Coordinator.reply() spawns one _reply_later task per non-audio reply a "
-                   "full client queue refuses, each retried every 50 ms for 30 s: a client that sends malformed "
-                   "requests and never reads grows the coordinator by ~3 KB per message (50,000 messages: "
-                   "30 -> 190 MB) and starves every other stream for those 30 s")
 def test_a_client_that_never_reads_its_errors_does_not_grow_the_coordinator(small_queue_service):
     async def go():
         rss_before = coordinator_rss_mb(small_queue_service)

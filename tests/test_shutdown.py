@@ -146,9 +146,6 @@ def test_signal_stops_the_service_in_order(sig, group):
     assert steps["coordinator"] in ("request", "already_exited"), steps
 
 
-@pytest.mark.xfail(strict=True, reason="workers/worker.py installs no SIGINT handler: on Ctrl-C (SIGINT to the "
-                   "whole process group) the worker dies with a KeyboardInterrupt traceback, sends no DEAD "
-                   "message and leaves its ctl socket file behind")
 def test_ctrl_c_stops_the_worker_without_a_traceback():
     svc = ServiceProcess("--engine", "piper").start()
     try:
@@ -160,9 +157,6 @@ def test_ctrl_c_stops_the_worker_without_a_traceback():
     assert "Traceback" not in log, log
 
 
-@pytest.mark.xfail(strict=True, reason="the worker's DEALER has LINGER 2000 ms and the coordinator is stopped "
-                   "first, so heartbeats queued for it hold the worker's exit for 2 s: with stop_grace_s below "
-                   "that, a worker that honours SIGTERM is still SIGKILLed")
 def test_a_short_grace_is_enough_for_a_worker_that_honours_sigterm(tmp_path):
     run_dir = tmp_path / "run"
     config = tmp_path / "service.toml"

@@ -77,6 +77,9 @@ class WorkerIO(threading.Thread):
         self.join(timeout=2)
         while self.pipe_in.poll(0):
             self.dealer.send_multipart(self.pipe_in.recv_multipart(copy=False), copy=False)
+        # Last words (a DEAD notice, final pieces) get a moment to leave; a
+        # coordinator that is already gone must not hold the exit for long.
+        self.dealer.setsockopt(zmq.LINGER, 200)
         for sock in (self.pipe_out, self.pipe_in, self.ctl, self.dealer):
             sock.close()
         unlink_ipc(self.ctl_endpoint)
@@ -183,6 +186,9 @@ class SynthesisLoop:
 
 
 def serve(run: RunPaths, name: str) -> int:
+    # Ctrl-C reaches the whole process group; the supervisor stops workers in
+    # order, so the worker itself leaves SIGINT to it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = run.read_settings()
     faults = Faults.from_env()
     if faults.ignore_sigterm:
