@@ -58,9 +58,15 @@ def bench_service(args) -> dict[str, Any]:
     checkpoint = args.checkpoint or (_tiny_checkpoint() if args.tiny else None)
     if checkpoint:
         for path in ("fast", "stock"):  # ours first: a time box that ends early still has it
-            results[f"xtts_{path}"] = run_service_bench(
-                ["--engine", "xtts", "--checkpoint", checkpoint, "--xtts-path", path,
-                 "--forced-tokens-per-char", FORCED], tiny=args.tiny, baseline=path == "stock")
+            try:
+                results[f"xtts_{path}"] = run_service_bench(
+                    ["--engine", "xtts", "--checkpoint", checkpoint, "--xtts-path", path,
+                     "--forced-tokens-per-char", FORCED], tiny=args.tiny, baseline=path == "stock")
+            except Exception as exc:
+                results[f"xtts_{path}"] = {"failed": f"{type(exc).__name__}: {exc}"[-3000:]}
+            # Saved as it goes: an outer time limit must not lose what was measured.
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "service-partial.json").write_text(json.dumps(results, indent=2, default=str))
     return results
 
 
@@ -92,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
                               "tiny": args.tiny}
     for name in which:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        report[name] = BENCHES[name](args)
+        try:
+            report[name] = BENCHES[name](args)
+        except Exception as exc:  # keep what the other benches measured
+            report[name] = {"failed": f"{type(exc).__name__}: {exc}"}
+            print(f"bench: {name} failed: {exc}", file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{'-'.join(which)}-{_slug(device)}{'-tiny' if args.tiny else ''}-{dt.date.today().isoformat()}"
     path = args.out / f"{stem}.json"
@@ -106,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"device": report["device"]}
     for name, res in report.get("service", {}).items():
+        if not isinstance(res, dict) or "ttfa" not in res:
+            continue
         out[name] = {"ttfa_ms_p50": res["ttfa"]["ttfa_ms_p50"], "ttfa_ms_p95": res["ttfa"]["ttfa_ms_p95"],
                      "rtf_sentence": res["rtf"]["sentence_39"]["rtf"], "rtf_paragraph": res["rtf"]["paragraph"]["rtf"]}
     if "chunker" in report:
         out["chunker"] = report["chunker"]
-    if "soak" in report:
+    if "soak" in report and "completed" in report["soak"]:
         out["soak"] = {k: report["soak"][k] for k in ("completed", "errors", "open_streams_after", "orphans_after_stop")}
     return out
 
@@ -128,6 +140,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for name, res in service.items():
+        if not isinstance(res, dict) or "ttfa_by_first_chunk" not in res:
+            continue
         rows = [r for r in res["ttfa_by_first_chunk"] if r.get("ttfa_ms") is not None]
         a.plot([r["first_chunk_chars"] for r in rows], [r["ttfa_ms"] for r in rows], marker="o", label=name)
         sweep = [r for r in res["concurrency"] if r.get("ttfa_ms_p95") is not None]

@@ -127,7 +127,7 @@ async def _service_suite(endpoint: str, tiny: bool, baseline: bool) -> dict[str,
 
 
 def run_service_bench(serve_args: list[str], tiny: bool, baseline: bool = False,
-                      ready_timeout_s: float = 600) -> dict[str, Any]:
+                      ready_timeout_s: float = 240) -> dict[str, Any]:
     with ServiceProcess(*serve_args, ready_timeout_s=ready_timeout_s) as svc:
         t0 = time.monotonic()
         result = asyncio.run(_service_suite(svc.endpoint, tiny, baseline))

@@ -48,10 +48,13 @@ class ServiceProcess:
                     raise RuntimeError(f"service exited with code {self.proc.returncode} before it was ready; "
                                        f"log:\n{self.log_tail()}")
                 try:
-                    if client.status(timeout_s=1.0).state.get("serving"):
-                        return
+                    reply = client.status(timeout_s=1.0)
                 except ServiceUnavailable:
                     continue
+                if reply.state.get("serving"):
+                    return
+                if not reply.healthy:
+                    raise RuntimeError(f"service is unhealthy (a process keeps failing); log:\n{self.log_tail()}")
                 time.sleep(0.1)
         raise RuntimeError(f"service not ready within {self.ready_timeout_s:.0f} s; log:\n{self.log_tail()}")
 
