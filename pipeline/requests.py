@@ -98,8 +98,9 @@ class StreamRequests:
             raise RequestError("bad_language", f"language '{language}' is not supported by this engine; "
                                f"valid: {', '.join(sorted(limits))}", msg.stream)
         deliver = self._deliver(msg)
+        voice = self._voice(msg)
         st = self._new_stream(identity, msg, profile, language, limits)
-        st.deliver = deliver
+        st.deliver, st.voice = deliver, voice
         await self.c.send_sink(p.SinkOpen(stream=st.sid, sample_rate=st.sample_rate, prebuffer_ms=profile.prebuffer_ms,
                                           block_ms=profile.block_ms, deliver=st.deliver, t_accept=st.t_accept))
         await self.c.reply(identity, p.Accepted(stream=msg.stream, profile=profile.name, sample_rate=st.sample_rate,
@@ -116,6 +117,19 @@ class StreamRequests:
             raise RequestError("bad_deliver", f"deliver must be one of {', '.join(DELIVERIES)} or wav:NAME.wav "
                                f"(a relative path inside the service's wav_dir)", msg.stream)
         return f"wav:{path}"
+
+    def _voice(self, msg: p.Speak | p.Open) -> str:
+        """A speaker name, or a reference file inside voices_dir: a client never names an arbitrary file."""
+        if not msg.voice:
+            return self.c.settings.service.voice
+        if "/" not in msg.voice and "\\" not in msg.voice and not msg.voice.endswith(".wav"):
+            return msg.voice
+        root = Path(self.c.settings.service.voices_dir).expanduser().resolve()
+        path = (root / msg.voice).resolve()
+        if Path(msg.voice).is_absolute() or root not in path.parents:
+            raise RequestError("bad_voice", "voice must be a speaker name or NAME.wav inside the service's "
+                               "voices_dir", msg.stream)
+        return str(path)
 
     def _new_stream(self, identity, msg, profile, language, limits) -> StreamState:
         self._next_sid += 1

@@ -80,6 +80,7 @@ class ServiceSettings:
     workers: int = 1
     cache_dir: str = "~/.cache/xtts-stream"
     wav_dir: str = "out"
+    voices_dir: str = "voices"
     max_message_bytes: int = 4194304
     max_text_chars: int = 100000
     max_streams_per_client: int = 32

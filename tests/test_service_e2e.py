@@ -78,7 +78,7 @@ def test_cancel_mid_stream_stops_audio(piper_service):
 
 
 def test_eight_concurrent_clients_each_get_their_own_audio(piper_service):
-    texts = [f"Client {i} says: " + "la " * (2 + 3 * i) + "and that is all." for i in range(8)]
+    texts = [f"Client {i} says: " + "la " * (2 + 5 * i) + "and that is all." for i in range(8)]
 
     async def go():
         return await asyncio.gather(*(speak(piper_service.endpoint, t) for t in texts))
@@ -125,6 +125,8 @@ def _header(**fields) -> bytes:
     ([b"speak", _header(stream="s", text="hi", deliver="wav:/etc/owned.wav")], "bad_deliver"),
     ([b"speak", _header(stream="s", text="hi", deliver="wav:../../owned.wav")], "bad_deliver"),
     ([b"speak", _header(stream="s", text="hi", deliver="tape")], "bad_deliver"),
+    ([b"speak", _header(stream="s", text="hi", voice="/etc/passwd")], "bad_voice"),
+    ([b"speak", _header(stream="s", text="hi", voice="../../x.wav")], "bad_voice"),
     ([b"append", _header(stream="nope", text="hi")], "unknown_stream"),
     ([b"ready", _header(worker="w", engine="e", model="m", sample_rate=1, dtype="d", device="d", pid=1)], "bad_request"),
 ])
