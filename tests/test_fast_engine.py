@@ -181,3 +181,71 @@ def test_built_from_service_settings_with_a_reference_audio_voice(tiny_checkpoin
     failed = {o.job.stream: o.message for o in outs if isinstance(o, JobFailed)}
     assert list(failed) == ["lang"] and "not supported" in failed["lang"]
     check_pieces(by_stream(outs)["ref"], FrameChain.for_model(1024, 256, 22050, 24000, 1.0).samples(6))
+
+
+def steps_to_first_piece(eng: FastXttsEngine, stream: str) -> tuple[int, list[set[int]]]:
+    """Steps until the stream's chunk 0 gives its first piece, and which of its chunks ran at each step."""
+    ran: list[set[int]] = []
+    for n in range(1, 1000):
+        outs = eng.step()
+        ran.append({r.job.chunk_index for r in eng.batcher.running if r.job.stream == stream})
+        if any(isinstance(o, PieceOut) and o.job.stream == stream and o.job.chunk_index == 0 for o in outs):
+            return n, ran
+    raise AssertionError("no first piece")
+
+
+def chunk_job(stream: str, chunk: int, n: int, **overrides) -> SynthJob:
+    return SynthJob(stream, 0, chunk, f"Chunk number {chunk} of the stream.", sampling=sampling(**overrides),
+                    priority=chunk, forced_tokens=n)
+
+
+def test_later_chunks_wait_until_the_first_chunk_has_its_first_piece(tiny_checkpoint):
+    eng = engine(tiny_checkpoint, max_prefills_per_step=8)
+    eng.add(chunk_job("s", 0, 30))
+    alone, _ = steps_to_first_piece(eng, "s")
+    eng.cancel("s")
+    drain(eng)
+    for c in range(3):
+        eng.add(chunk_job("s", c, 30))
+    together, ran = steps_to_first_piece(eng, "s")
+    assert together == alone
+    assert all(chunks == {0} for chunks in ran), f"later chunks were admitted before chunk 0's first piece: {ran}"
+    got = {}
+    for o in drain(eng):
+        if isinstance(o, PieceOut):
+            got.setdefault(o.job.chunk_index, []).append(o)
+    assert got[0][0].piece_index == 1  # its first piece was returned above
+    for c in (1, 2):
+        check_pieces(got[c], FrameChain.for_model(1024, 256, 22050, 24000, 1.0).samples(30))
+
+
+def test_held_vocoder_pieces_are_unchanged(tiny_checkpoint):
+    """A later chunk at a piece boundary while another stream's first chunk waits gets its piece later, the same piece."""
+    eng = engine(tiny_checkpoint)
+    eng.add(chunk_job("ahead", 1, 40, **GREEDY))
+    alone = by_stream(drain(eng))["ahead"]
+    eng.add(chunk_job("ahead", 1, 40, **GREEDY))
+    outs = eng.step() + eng.step()  # admitted (no first chunk waits), decoding
+    eng.add(chunk_job("new", 0, 24, **GREEDY))
+    outs += drain(eng)
+    order = [(o.job.stream, o.piece_index) for o in outs if isinstance(o, PieceOut)]
+    assert order.index(("new", 0)) < order.index(("ahead", 0))
+    held = by_stream(outs)["ahead"]
+    assert [len(p.samples) for p in held] == [len(p.samples) for p in alone]
+    assert np.abs(audio(held).astype(np.int32) - audio(alone).astype(np.int32)).max() <= 1
+    check_pieces(held, FrameChain.for_model(1024, 256, 22050, 24000, 1.0).samples(40))
+
+
+def test_the_hold_on_later_chunks_lapses(tiny_checkpoint):
+    """New first chunks arriving at every step must not starve a later chunk for good."""
+    eng = engine(tiny_checkpoint, slots=8, max_hold_steps=3)
+    eng.add(chunk_job("old", 1, 6))
+    for i in range(12):
+        eng.add(chunk_job(f"new{i}", 0, 12))
+        eng.step()
+        if any(r.job.stream == "old" for r in eng.batcher.running):
+            break
+    else:
+        raise AssertionError("the later chunk was never admitted")
+    assert i <= 4
+    drain(eng)

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 
 from tests.xtts_fast_support import tiny_xtts
 from workers.engines.xtts_fast.frames import FrameChain
-from workers.engines.xtts_fast.vocoder import IncrementalVocoder, VocoderSettings, VocoderStream, fold_weight_norm
+from workers.engines.xtts_fast.vocoder import (
+    IncrementalVocoder, VocoderSettings, VocoderStream, fold_weight_norm, window_widths,
+)
 
 N_LATENTS = 30
 OUTSIDE_REL_RMS = 5e-5
@@ -148,6 +150,37 @@ def test_batched_windows_equal_single(model):
 
     for a, b in zip(first_pieces(True), first_pieces(False)):
         assert torch.allclose(a.samples, b.samples, atol=1e-6)
+
+
+def test_padded_batches_equal_unpadded(model):
+    """On CUDA calls run at a few fixed batch sizes; the padding rows must not leak into the pieces."""
+    g = torch.Generator().manual_seed(11)
+    plain = IncrementalVocoder(model.hifigan_decoder.waveform_decoder, VocoderSettings())
+    padded = IncrementalVocoder(model.hifigan_decoder.waveform_decoder, VocoderSettings(), batch_sizes=(1, 2, 4))
+    assert [padded.padded(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 5]
+    lat = [torch.randn(20, model.gpt.model_dim, generator=g) for _ in range(3)]
+    spk = [torch.randn(512, 1, generator=g) * 0.1 for _ in range(3)]
+
+    def first_pieces(voc: IncrementalVocoder):
+        streams = [VocoderStream(chain(), s) for s in spk]
+        return voc.run([voc.plan(st, x[:4], 0, 4, final=False) for st, x in zip(streams, lat)])
+
+    for a, b in zip(first_pieces(padded), first_pieces(plain)):
+        assert a.samples.shape == b.samples.shape
+        assert torch.allclose(a.samples, b.samples, atol=1e-6)
+
+
+def test_window_widths_are_the_widths_streaming_uses(model):
+    voc = IncrementalVocoder(model.hifigan_decoder.waveform_decoder, VocoderSettings())
+    latents = torch.randn(200, model.gpt.model_dim)
+    stream = VocoderStream(chain(), torch.zeros(512, 1))
+    seen = set()
+    for k in [4] + list(range(20, 200, 16)):
+        lo = voc.latents_from(stream, k)
+        req = voc.plan(stream, latents[lo:k], lo, k, final=False)
+        seen.add(req.stop - req.start)
+        stream.emitted, stream.tail = req.end, torch.zeros(voc.settings.crossfade)
+    assert window_widths(chain(), voc.settings, 4, 16, 200) == sorted(seen)
 
 
 def test_settings_are_checked():

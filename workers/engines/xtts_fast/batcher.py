@@ -4,7 +4,10 @@ A job joins the running batch at the next step (after its prefill) and leaves as
 soon as it stops; running jobs always occupy slots 0..n-1, so a decode step is
 one batched call over the first n cache rows (and a captured graph per batch
 size stays valid). Waiting jobs are admitted by (priority, arrival): a stream's
-first chunk has priority 0 and beats chunks generated ahead of playback.
+first chunk has priority 0 and beats chunks generated ahead of playback; the
+engine may hold back every job above priority 0 for a while (`next_waiting`'s
+`max_priority`) so later chunks neither share a prefill with first chunks nor
+delay their first pieces.
 """
 
 from __future__ import annotations
@@ -34,11 +37,27 @@ class Running:
     cancelled: bool = False
     first_piece_tokens: int = 4
     piece_tokens: int = 16
+    pieces_launched: int = 0  # vocoder pieces planned (piece_index counts those returned)
+    final_launched: bool = False
 
     @property
     def cache_pos(self) -> int:
         """Cache position of the newest token (the one the next decode step feeds)."""
         return self.prefix_len - 1 + self.count
+
+    @property
+    def first_chunk(self) -> bool:
+        return self.job.priority <= 0
+
+    @property
+    def awaits_first_piece(self) -> bool:
+        """A first chunk whose first audio has not been sent to the vocoder yet: the listener is waiting."""
+        return self.first_chunk and self.pieces_launched == 0 and not self.cancelled
+
+    @property
+    def done(self) -> bool:
+        """Nothing left to do: stopped and its last piece launched (or cancelled)."""
+        return self.finished and (self.cancelled or self.final_launched)
 
 
 @dataclass(order=True)
@@ -67,8 +86,19 @@ class Batcher:
     def free_slots(self) -> int:
         return self.slots - len(self.running)
 
-    def next_waiting(self) -> SynthJob | None:
-        return heapq.heappop(self._waiting).job if self._waiting else None
+    def next_waiting(self, max_priority: int | None = None) -> SynthJob | None:
+        """The first waiting job by (priority, arrival), or None; jobs above `max_priority` stay waiting."""
+        if not self._waiting:
+            return None
+        if max_priority is not None and self._waiting[0].priority > max_priority:
+            return None
+        return heapq.heappop(self._waiting).job
+
+    def first_chunks_waiting(self) -> bool:
+        return bool(self._waiting) and self._waiting[0].priority <= 0
+
+    def later_chunks_waiting(self) -> bool:
+        return any(w.priority > 0 for w in self._waiting)
 
     def place(self, make: Callable[[int], Running]) -> Running:
         """Put a new running job in the next free slot."""
@@ -85,15 +115,18 @@ class Batcher:
         dropped = len(self._waiting) - len(kept)
         heapq.heapify(kept)
         self._waiting = kept
-        return dropped, [r for r in self.running if hit(r.job) and not r.finished]
+        return dropped, [r for r in self.running if hit(r.job) and not r.done]
 
     def compact(self, move: Callable[[int, int, Running], None]) -> list[Running]:
-        """Remove finished jobs, filling each hole with the last running job; returns the removed."""
+        """Remove done jobs, filling each hole with the last running job; returns the removed.
+
+        A job that stopped decoding but still owes vocoder pieces keeps its slot (its latents live there).
+        """
         removed = []
         i = 0
         while i < len(self.running):
             run = self.running[i]
-            if not run.finished:
+            if not run.done:
                 i += 1
                 continue
             removed.append(run)

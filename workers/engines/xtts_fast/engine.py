@@ -4,9 +4,16 @@ One `step()` admits waiting jobs (a batched prefill gives each its first token),
 runs one batched decode step for every running job, and hands the jobs that
 reached a piece boundary to the vocoder. On CUDA the vocoder runs on its own
 stream, overlapping the next decode step; its audio is copied to pinned host
-memory asynchronously and returned by the following `step()`. On the CPU
+memory asynchronously and returned by the following `step()`, or, when it holds
+a stream's first audio, by a short `step()` that only waits for it. On the CPU
 everything runs in order, in fp32 or the configured dtype, and pieces come back
 from the same step.
+
+While a first chunk waits for its first piece, later chunks wait for admission
+and vocoder time (`scheduling.FirstPiecesFirst`). A piece always ends at its
+boundary (`first_piece_tokens`, then every `piece_tokens`), also when it was
+held back and more latents exist, so holding changes when audio comes, never
+what it is.
 """
 
 from __future__ import annotations
@@ -25,14 +32,19 @@ from workers.engines.xtts_fast.frames import FrameChain
 from workers.engines.xtts_fast.gpt_decoder import GptDecoder
 from workers.engines.xtts_fast.graphs import DecodeRunner
 from workers.engines.xtts_fast.sampling import Sampler, SamplingParams
+from workers.engines.xtts_fast.scheduling import FirstPiecesFirst
 from workers.engines.xtts_fast.vocoder import (
-    IncrementalVocoder, PieceAudio, PieceRequest, VocoderSettings, VocoderStream, fold_weight_norm,
+    IncrementalVocoder, PieceAudio, PieceRequest, VocoderSettings, VocoderStream, fold_weight_norm, window_widths,
 )
 
 log = logging.getLogger("xtts_stream.xtts_fast")
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 WARM_UP_TEXT = "Hello there, how are you?"
+# Vocoder calls are padded up to one of these batch sizes on CUDA, and warm-up runs each, so
+# no request meets a convolution shape for the first time (cuDNN plans each new shape once,
+# on the host, stalling the whole loop). Steps of at most 1.5x bound the padding's cost.
+VOCODER_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,8 @@ class FastSettings:
     seed: int = 0
     first_piece_tokens: int = 4
     piece_tokens: int = 16
+    max_hold_steps: int = 32  # later chunks wait at most this many steps in a row for first pieces
+    pad_vocoder_batches: bool = True  # CUDA only: see VOCODER_BATCHES
 
     @classmethod
     def for_device(cls, device: torch.device, **overrides: Any) -> "FastSettings":
@@ -63,6 +77,7 @@ class _Pending:
     audio: list[PieceAudio]
     host: list[torch.Tensor]
     done: torch.cuda.Event | None
+    urgent: bool = False  # holds first pieces of first chunks
 
 
 class FastXttsEngine:
@@ -87,13 +102,16 @@ class FastXttsEngine:
             module.to(dtype)
         vdtype = s.vocoder_dtype or (dtype if self.cuda else torch.float32)
         hifigan = fold_weight_norm(model.hifigan_decoder.waveform_decoder).to(vdtype)
-        self.vocoder = IncrementalVocoder(hifigan, s.vocoder, vdtype)
+        batches = tuple(b for b in VOCODER_BATCHES if b < s.slots) + (s.slots,)
+        self.vocoder = IncrementalVocoder(hifigan, s.vocoder, vdtype,
+                                          batch_sizes=batches if self.cuda and s.pad_vocoder_batches else ())
         self.decoder = GptDecoder(gpt, s.slots, s.max_len)
         self.runner = DecodeRunner(self.decoder, s.use_graphs, s.key_bucket)
         self.sampler = Sampler(s.slots, self.decoder.vocab, self.decoder.stop_audio_token, self.device, s.seed)
         self.max_gen = min(gpt.max_gen_mel_tokens, s.max_len)
         self.latents = torch.zeros(s.slots, self.max_gen + 1, self.decoder.d, dtype=dtype, device=self.device)
         self.batcher = Batcher(s.slots)
+        self.policy = FirstPiecesFirst(s.max_hold_steps)
         self.args = model.args
         self.voices = voices
         self.default_language = default_language
@@ -129,15 +147,20 @@ class FastXttsEngine:
     def step(self) -> list[PieceOut | JobFailed]:
         out: list[PieceOut | JobFailed] = self._failed
         self._failed = []
-        self._admit()
+        if any(p.urgent for p in self._pending):
+            # Someone waits for first audio: hand it over now rather than after another
+            # decode step (and maybe a prefill of new jobs); the caller steps again at once.
+            return out + self._collect(urgent_only=True)
+        hold = self.policy.hold(self.batcher)
+        self._admit(hold)
         decoded = self._launch_decode()
         if self.overlap and decoded is not None:
             out += self._collect()  # last step's vocoder work overlapped this decode
         if decoded is not None:
             self._finish_decode(decoded)
-        self._launch_pieces()
+        self._launch_pieces(hold)
         self.batcher.compact(self._move)
-        if not self.overlap or not self.batcher.running:
+        if not self.overlap or decoded is None:
             out += self._collect()
         return out
 
@@ -157,7 +180,21 @@ class FastXttsEngine:
             for item in self.step():
                 if isinstance(item, JobFailed):
                     raise RuntimeError(f"warm-up failed: {item.message}")
-        log.info("xtts-fast warm-up: %d decode graphs, %.2f s", captured, time.perf_counter() - t0)
+        shapes = self._warm_up_vocoder()
+        log.info("xtts-fast warm-up: %d decode graphs, %d vocoder shapes, %.2f s", captured, shapes,
+                 time.perf_counter() - t0)
+
+    def _warm_up_vocoder(self) -> int:
+        """Run the padded vocoder batch sizes at the window widths of steady streaming (CUDA only)."""
+        if not self.vocoder.batch_sizes:
+            return 0
+        s = self.settings
+        chain = FrameChain.for_model(self.args.gpt_code_stride_len, self.args.output_hop_length,
+                                     self.args.input_sample_rate, self.args.output_sample_rate, 1.0)
+        widths = window_widths(chain, self.vocoder.settings, s.first_piece_tokens, s.piece_tokens, self.max_gen)
+        count = self.vocoder.warm_up(widths, self.decoder.d, self.device)
+        torch.cuda.synchronize(self.device)
+        return count
 
     def close(self) -> None:
         self._pending.clear()
@@ -168,11 +205,12 @@ class FastXttsEngine:
 
     # -- admission and prefill ----------------------------------------------------------
 
-    def _admit(self) -> None:
+    def _admit(self, hold: bool) -> None:
+        """Start waiting jobs with one batched prefill; while `hold`, only first chunks (priority 0)."""
         new: list[tuple[Running, torch.Tensor]] = []
         limit = min(self.batcher.free_slots(), self.settings.max_prefills_per_step)
         while len(new) < limit:
-            job = self.batcher.next_waiting()
+            job = self.batcher.next_waiting(max_priority=0 if hold else None)
             if job is None:
                 break
             try:
@@ -303,29 +341,51 @@ class FastXttsEngine:
 
     # -- pieces -------------------------------------------------------------------------
 
-    def _launch_pieces(self) -> None:
-        requests: list[PieceRequest] = []
+    def _launch_pieces(self, hold: bool) -> None:
+        """Send every job at a piece boundary to the vocoder; first pieces of first chunks go in a call of their own."""
+        urgent: list[PieceRequest] = []
+        other: list[PieceRequest] = []
         for run in self.batcher.running:
-            if run.cancelled:
+            if run.cancelled or run.final_launched or (hold and not run.first_chunk):
                 continue
-            if not (run.finished or run.count >= run.next_piece_at):
+            target = self._piece_target(run)
+            if target is None:
                 continue
+            known, final = target
             stream: VocoderStream = run.state  # type: ignore[assignment]
-            lo = self.vocoder.latents_from(stream, run.count)
+            lo = self.vocoder.latents_from(stream, known)
             with torch.inference_mode():
-                req = self.vocoder.plan(stream, self.latents[run.slot, lo : run.count], lo, run.count,
-                                        run.finished, tag=run)
+                req = self.vocoder.plan(stream, self.latents[run.slot, lo:known], lo, known, final, tag=run)
             if req is None:
-                run.next_piece_at = run.count + 1
+                run.next_piece_at = known + 1
                 continue
-            run.next_piece_at = run.count + run.piece_tokens
-            requests.append(req)
-        if not requests:
-            return
+            (urgent if run.awaits_first_piece else other).append(req)
+            run.pieces_launched += 1
+            run.final_launched = final
+            run.next_piece_at = known + run.piece_tokens
+        if urgent:
+            self._run_vocoder(urgent, urgent=True)
+        if other:
+            self._run_vocoder(other, urgent=False)
+
+    @staticmethod
+    def _piece_target(run: Running) -> tuple[int, bool] | None:
+        """(latents the next piece covers, whether it is the last), or None before the next boundary.
+
+        One piece per step: a job that was held back catches up boundary by boundary, so
+        its pieces (and the vocoder's window widths) are the same as if it never waited.
+        """
+        if run.finished and run.next_piece_at >= run.count:
+            return run.count, True
+        if run.count >= run.next_piece_at:
+            return run.next_piece_at, False
+        return None
+
+    def _run_vocoder(self, requests: list[PieceRequest], urgent: bool) -> None:
+        tags = [r.tag for r in requests]
         if not self.overlap:
             audio = self.vocoder.run(requests)
-            self._pending.append(_Pending([r.tag for r in requests], [replace(a, samples=a.samples.cpu()) for a in audio],
-                                          [], None))
+            self._pending.append(_Pending(tags, [replace(a, samples=a.samples.cpu()) for a in audio], [], None, urgent))
             return
         main = torch.cuda.current_stream(self.device)
         self.voc_stream.wait_stream(main)
@@ -338,11 +398,20 @@ class FastXttsEngine:
                 h.copy_(a.samples, non_blocking=True)
             done = torch.cuda.Event()
             done.record(self.voc_stream)
-        self._pending.append(_Pending([r.tag for r in requests], audio, host, done))
+        self._pending.append(_Pending(tags, audio, host, done, urgent))
 
-    def _collect(self) -> list[PieceOut | JobFailed]:
+    def _collect(self, urgent_only: bool = False) -> list[PieceOut | JobFailed]:
+        """Return launched pieces; `urgent_only`: just up to the last call holding first pieces.
+
+        Vocoder calls finish in launch order (one stream), so a prefix of the list is
+        what an urgent call's wait makes ready, and a job's pieces stay in order.
+        """
+        take = len(self._pending)
+        if urgent_only:
+            take = max(i + 1 for i, p in enumerate(self._pending) if p.urgent)
+        ready, self._pending = self._pending[:take], self._pending[take:]
         out: list[PieceOut | JobFailed] = []
-        for pending in self._pending:
+        for pending in ready:
             if pending.done is not None:
                 pending.done.synchronize()
             for i, (run, audio) in enumerate(zip(pending.runs, pending.audio)):
@@ -352,7 +421,6 @@ class FastXttsEngine:
                 out.append(PieceOut(job=run.job, piece_index=run.piece_index, sample_offset=audio.offset,
                                     samples=to_pcm16(samples.numpy()), final=audio.final))
                 run.piece_index += 1
-        self._pending = []
         return out
 
 

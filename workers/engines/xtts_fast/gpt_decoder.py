@@ -15,6 +15,7 @@ the final-norm hidden state that predicted it, as in stock XTTS.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -111,7 +112,8 @@ class GptDecoder:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [n, H, t, hd]
             self.k_cache[li, rows, :, :t] = k
             self.v_cache[li, rows, :, :t] = v
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+            with _prefill_attention(self.device):
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
             x = x + self._attn_out(a.transpose(1, 2).reshape(n * t, self.d), L).view(n, t, self.d)
             x = x + self._mlp(x.reshape(n * t, self.d), L).view(n, t, self.d)
         last = torch.tensor([ln - 1 for ln in lengths], device=self.device)
@@ -165,6 +167,17 @@ class GptDecoder:
     def _head(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         latent = self.final_norm(self.ln_f(h))
         return self.mel_head(latent), latent
+
+
+def _prefill_attention(device: torch.device) -> contextlib.AbstractContextManager:
+    """On CUDA, attention kernels that need no per-shape setup: every prefill has a new
+    length, and a backend that builds a plan per shape (cuDNN's) would pay it on the
+    first-audio path of nearly every request."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _layer_of(block: torch.nn.Module) -> _Layer:

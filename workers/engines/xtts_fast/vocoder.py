@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import bisect
+
 import torch
 
 from workers.engines.xtts_fast.frames import HOP, FrameChain
@@ -79,6 +81,8 @@ class IncrementalVocoder:
     decoder: torch.nn.Module  # coqui's HifiganGenerator (weight norm folded)
     settings: VocoderSettings = field(default_factory=VocoderSettings)
     dtype: torch.dtype = torch.float32
+    # Pad each call's batch up to one of these sizes (none: no padding), so few shapes ever run.
+    batch_sizes: tuple[int, ...] = ()
 
     def plan(self, stream: VocoderStream, latents: torch.Tensor, offset: int, known: int, final: bool,
              tag: object = None) -> PieceRequest | None:
@@ -119,10 +123,33 @@ class IncrementalVocoder:
                 continue
             z = torch.stack([requests[i].frames for i in idx]).to(self.dtype)
             g = torch.stack([requests[i].stream.speaker for i in idx]).to(self.dtype)
-            out = self.decoder(z, g=g)[:, 0].float()
+            out = self._decode(z, g)
             for k, i in enumerate(idx):
                 wavs[i] = out[k]
         return [self._emit(r, w) for r, w in zip(requests, wavs)]
+
+    def padded(self, n: int) -> int:
+        """The batch size a call of n windows runs at."""
+        i = bisect.bisect_left(self.batch_sizes, n)
+        return self.batch_sizes[i] if i < len(self.batch_sizes) else n
+
+    @torch.inference_mode()
+    def warm_up(self, widths: list[int], channels: int, device: torch.device) -> int:
+        """Run every padded batch size at each window width once; returns how many shapes ran."""
+        for w in widths:
+            for b in self.batch_sizes:
+                self.decoder(torch.zeros(b, channels, w, device=device, dtype=self.dtype),
+                             g=torch.zeros(b, 512, 1, device=device, dtype=self.dtype))
+        return len(widths) * len(self.batch_sizes)
+
+    def _decode(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """[n, samples] float; padding rows repeat the first window (rows are independent) and are dropped."""
+        n = z.shape[0]
+        extra = self.padded(n) - n
+        if extra:
+            z = torch.cat([z, z[:1].expand(extra, -1, -1)])
+            g = torch.cat([g, g[:1].expand(extra, -1, -1)])
+        return self.decoder(z, g=g)[:n, 0].float()
 
     def _window_start(self, emitted: int, stop: int) -> int:
         s = self.settings
@@ -156,3 +183,20 @@ def fold_weight_norm(decoder: torch.nn.Module) -> torch.nn.Module:
             for name in list(module.parametrizations.keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return decoder
+
+
+def window_widths(chain: FrameChain, settings: VocoderSettings, first: int, every: int, longest: int) -> list[int]:
+    """Frame widths of the non-final windows of a stream cut into pieces at first, first + every, ... latents."""
+    voc = IncrementalVocoder(torch.nn.Identity(), settings)
+    widths: set[int] = set()
+    emitted, known = 0, first
+    while known <= longest:
+        stop = chain.frames(known)
+        end = chain.samples(known) - settings.holdback
+        if end > emitted:
+            widths.add(stop - voc._window_start(emitted, stop))
+            emitted = end
+            known += every
+        else:
+            known += 1
+    return sorted(widths)

@@ -1,0 +1,43 @@
+"""Who may use a step while a listener waits for first audio.
+
+A stream's chunks arrive together (the service dispatches each chunk as soon as
+the chunker emits it; priority = chunk index), but only the first chunk's first
+piece is on the critical path: chunk k > 0 is not heard before chunk k - 1 has
+played, which takes seconds. So while any first chunk (priority 0) is waiting
+or running without its first piece sent to the vocoder, the engine holds back
+later chunks: they are not admitted (their long prefills would share the step
+with the first chunks') and their vocoder pieces wait (they would share the
+vocoder call, and the GPU, with the first pieces). Running later chunks keep
+decoding: a row more in the batched GPT step costs next to nothing.
+
+Under a steady arrival of new streams the hold could last forever and starve
+playback of later chunks, so it lapses for one step after `max_steps` steps in a
+row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workers.engines.xtts_fast.batcher import Batcher
+
+
+@dataclass
+class FirstPiecesFirst:
+    max_steps: int = 32
+    held_steps: int = 0  # consecutive steps held so far
+
+    def hold(self, batcher: Batcher) -> bool:
+        """Call once per step: True if later chunks must wait this step."""
+        if not self.first_audio_pending(batcher):
+            self.held_steps = 0
+            return False
+        if self.held_steps >= self.max_steps:
+            self.held_steps = 0
+            return False
+        self.held_steps += 1
+        return True
+
+    @staticmethod
+    def first_audio_pending(batcher: Batcher) -> bool:
+        return batcher.first_chunks_waiting() or any(r.awaits_first_piece for r in batcher.running)
