@@ -50,7 +50,7 @@ def piper() -> PiperEngine:
 
 
 def test_piper_pieces_are_contiguous_quarter_seconds(piper: PiperEngine) -> None:
-    assert (piper.info.engine, piper.info.sample_rate, piper.info.dtype) == ("piper", 22050, "int16")
+    assert (piper.info.engine, piper.info.sample_rate, piper.info.dtype) == ("piper", 22050, "fp32")
     piper.add(SynthJob("s", 1, 0, "The otherworldly light spilled over us, cold and silver."))
     results = run_all(piper)
     pieces = pieces_of(results, 0)

@@ -46,7 +46,7 @@ class PiperEngine:
         self.name = Path(model_path).stem  # en_US-joe-medium
         rate = int(self.voice.config.sample_rate)
         self.piece_samples = max(1, round(piece_seconds * rate))
-        self.info = EngineInfo(engine="piper", model=self.name, sample_rate=rate, dtype="int16", device="cpu",
+        self.info = EngineInfo(engine="piper", model=self.name, sample_rate=rate, dtype="fp32", device="cpu",
                                char_limits={"en": CHAR_LIMIT})
         self._queue = JobQueue()
         self._pieces: deque[PieceOut] = deque()
