@@ -249,3 +249,24 @@ def test_the_hold_on_later_chunks_lapses(tiny_checkpoint):
         raise AssertionError("the later chunk was never admitted")
     assert i <= 4
     drain(eng)
+
+
+@pytest.mark.parametrize("stop_at", [0, 1, 9])
+def test_a_sampled_stop_ends_the_job_at_its_latent(tiny_checkpoint, stop_at):
+    """Decode steps are read back one step late; the step launched past a stop must not count."""
+    eng = engine(tiny_checkpoint)
+    draw, calls = eng.sampler.sample, []
+    stop = eng.decoder.stop_audio_token
+
+    def rigged(logits, rows):  # call 0 is the prefill's (latent 0), call i the decode giving latent i
+        tokens = draw(logits, rows)
+        tokens = torch.where(tokens == stop, 0, tokens)
+        if len(calls) == stop_at:
+            tokens[0] = stop
+        calls.append(len(rows))
+        return tokens
+
+    eng.sampler.sample = rigged
+    pieces = by_stream(drain_after(eng, [job("s", n=None, **GREEDY)]))["s"]
+    check_pieces(pieces, FrameChain.for_model(1024, 256, 22050, 24000, 1.0).samples(stop_at + 1))
+    assert len(calls) <= stop_at + 2  # at most one step launched past the stop

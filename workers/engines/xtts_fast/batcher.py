@@ -30,7 +30,8 @@ class Running:
     max_latents: int
     forced: bool
     state: object  # the vocoder stream
-    count: int = 0  # latents produced
+    count: int = 0  # latents produced or being produced by a launched decode step
+    confirmed: int = 0  # latents whose decode step has been read back (pieces and ends use these)
     next_piece_at: int = 0
     piece_index: int = 0
     finished: bool = False

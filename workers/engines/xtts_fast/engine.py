@@ -80,6 +80,15 @@ class _Pending:
     urgent: bool = False  # holds first pieces of first chunks
 
 
+@dataclass
+class _Decoding:
+    """A decode step launched but not yet read back: its rows (None: rode along) and their stop flags."""
+
+    runs: list[Running | None]
+    stops: torch.Tensor  # [b] bool, host (pinned on CUDA), valid once `done` has passed
+    done: torch.cuda.Event | None
+
+
 class FastXttsEngine:
     def __init__(self, model: Any, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  settings: FastSettings | None = None, model_name: str = "xtts-v2",
@@ -118,6 +127,7 @@ class FastXttsEngine:
         self.languages = {lang.split("-")[0] for lang in getattr(model.config, "languages", []) or []}
         self._voice_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pending: list[_Pending] = []
+        self._decoding: _Decoding | None = None
         self._failed: list[JobFailed] = []
         self.graph_error: str | None = None
         self.voc_stream = torch.cuda.Stream(self.device) if self.overlap else None
@@ -142,25 +152,29 @@ class FastXttsEngine:
         return dropped + len(running)
 
     def has_work(self) -> bool:
-        return self.batcher.has_work() or bool(self._pending) or bool(self._failed)
+        return (self.batcher.has_work() or bool(self._pending) or bool(self._failed)
+                or self._decoding is not None)
 
     def step(self) -> list[PieceOut | JobFailed]:
         out: list[PieceOut | JobFailed] = self._failed
         self._failed = []
-        if any(p.urgent for p in self._pending):
-            # Someone waits for first audio: hand it over now rather than after another
-            # decode step (and maybe a prefill of new jobs); the caller steps again at once.
+        if any(p.urgent for p in self._pending) and not self.policy.first_audio_pending(self.batcher):
+            # A listener waits for this first audio and no other first chunk needs the step:
+            # hand it over now rather than after another decode step (and maybe the prefill
+            # of later chunks); the caller steps again at once.
             return out + self._collect(urgent_only=True)
         hold = self.policy.hold(self.batcher)
         self._admit(hold)
-        decoded = self._launch_decode()
-        if self.overlap and decoded is not None:
+        # Launch this step's decode before reading the last one back: the GPU never waits
+        # for the host's bookkeeping, and the host waits only for the step before.
+        previous, self._decoding = self._decoding, self._launch_decode()
+        if self.overlap and self._decoding is not None:
             out += self._collect()  # last step's vocoder work overlapped this decode
-        if decoded is not None:
-            self._finish_decode(decoded)
+        if previous is not None:
+            self._confirm(previous)
         self._launch_pieces(hold)
         self.batcher.compact(self._move)
-        if not self.overlap or decoded is None:
+        if not self.overlap or self._decoding is None:
             out += self._collect()
         return out
 
@@ -198,6 +212,7 @@ class FastXttsEngine:
 
     def close(self) -> None:
         self._pending.clear()
+        self._decoding = None
         self.batcher = Batcher(self.settings.slots)
         del self.decoder.k_cache, self.decoder.v_cache, self.latents
         if self.cuda:
@@ -228,7 +243,7 @@ class FastXttsEngine:
             self.runner.tokens[rows] = tokens
             stops = tokens.eq(self.decoder.stop_audio_token).tolist()
         for run, stop in zip(runs, stops):
-            run.count = 1
+            run.count = run.confirmed = 1
             run.finished = run.count >= run.max_latents or (stop and not run.forced)
 
     def _start(self, job: SynthJob) -> tuple[Running, torch.Tensor]:
@@ -295,16 +310,23 @@ class FastXttsEngine:
 
     # -- decode -------------------------------------------------------------------------
 
-    def _launch_decode(self) -> tuple[torch.Tensor, int] | None:
+    def _launch_decode(self) -> _Decoding | None:
+        """Queue one decode step for every running job that may still produce a latent.
+
+        `count` moves on at launch; the step is read back (`_confirm`) during the next
+        `step()`, so a job that samples its stop token gets one more step launched, whose
+        latent lies past its end and is dropped.
+        """
         running = self.batcher.running
-        b = len(running)
-        if b == 0 or all(r.finished for r in running):
+        live = [not r.finished and r.count < r.max_latents for r in running]
+        if not any(live):
             return None
-        # A row that finished at admission rides along (rows must stay 0..b-1); aim its
-        # writes at places nothing reads: the last cache position and a spare latent row.
+        b = len(running)
+        # A row that is not live rides along (rows must stay 0..b-1); aim its writes at
+        # places nothing reads: the last cache position and a spare latent row.
         last = self.settings.max_len - 1
-        host = torch.tensor([[r.cache_pos, r.count, r.count] if not r.finished else [last, 0, self.max_gen]
-                             for r in running], dtype=torch.long)
+        host = torch.tensor([[r.cache_pos, r.count, r.count] if ok else [last, 0, self.max_gen]
+                             for r, ok in zip(running, live)], dtype=torch.long)
         if self.cuda:
             host = host.pin_memory()
         dev = host.to(self.device, non_blocking=True)
@@ -319,18 +341,26 @@ class FastXttsEngine:
             stops = tokens.eq(self.decoder.stop_audio_token)
             stops_host = torch.empty(b, dtype=torch.bool, pin_memory=self.cuda)
             stops_host.copy_(stops, non_blocking=True)
-        return stops_host, b
-
-    def _finish_decode(self, decoded: tuple[torch.Tensor, int]) -> None:
-        stops_host, b = decoded
+        done = None
         if self.cuda:
-            torch.cuda.current_stream(self.device).synchronize()
-        stops = stops_host.tolist()
-        for run, stop in zip(self.batcher.running[:b], stops):
-            if run.finished:
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(self.device))
+        for run, ok in zip(running, live):
+            if ok:
+                run.count += 1
+        return _Decoding([r if ok else None for r, ok in zip(running, live)], stops_host, done)
+
+    def _confirm(self, decoding: _Decoding) -> None:
+        """Read a launched step's stop flags back: its latents now count for pieces and ends."""
+        if decoding.done is not None:
+            decoding.done.synchronize()
+        for run, stop in zip(decoding.runs, decoding.stops.tolist()):
+            if run is None or run.finished:
                 continue
-            run.count += 1
-            run.finished = run.count >= run.max_latents or (stop and not run.forced)
+            run.confirmed += 1
+            if run.confirmed >= run.max_latents or (stop and not run.forced):
+                run.finished = True
+                run.count = run.confirmed  # a step launched past the stop does not count
 
     def _move(self, src: int, dst: int, run: Running) -> None:
         with torch.inference_mode():
@@ -375,9 +405,9 @@ class FastXttsEngine:
         One piece per step: a job that was held back catches up boundary by boundary, so
         its pieces (and the vocoder's window widths) are the same as if it never waited.
         """
-        if run.finished and run.next_piece_at >= run.count:
-            return run.count, True
-        if run.count >= run.next_piece_at:
+        if run.finished and run.next_piece_at >= run.confirmed:
+            return run.confirmed, True
+        if run.confirmed >= run.next_piece_at:
             return run.next_piece_at, False
         return None
 
