@@ -133,27 +133,38 @@ def _after_dots(buf: str, i: int, k: int, final: bool, rules: LanguageRules, flo
     m = k
     while m < n and buf[m].isspace():
         m += 1
+    if m == n:
+        return (k, SENTENCE) if final else None
+    if buf[m] in ATTACHED:
+        return k, NOT_A_CUT
     p = m
     while p < n and buf[p] in _OPENERS:
         p += 1
-    if p == n and not final:
-        return None
-    if m == n:
-        return k, SENTENCE
-    if buf[m] in ATTACHED:
-        return k, NOT_A_CUT
-    word = buf[p] if p < n else ""
+    token = "" if ellipsis else word_before(buf, i, floor)
+    if p < n or final:
+        return k, _dots_kind(buf[p] if p < n else "", token, rules, ellipsis)
+    # Only opening quotes or brackets so far: answer now if the answer is the
+    # same whatever starts the next word (after a title it always is).
+    kinds = {_dots_kind(start, token, rules, ellipsis) for start in _WORD_STARTS}
+    return (k, kinds.pop()) if len(kinds) == 1 else None
+
+
+# One start of each class `_dots_kind` tells apart; "" is anything else or the end of input.
+_WORD_STARTS = ("a", "A", "1", "")
+
+
+def _dots_kind(word: str, token: str, rules: LanguageRules, ellipsis: bool) -> int:
+    """What the dots after ``token`` end, given the first character of the next word."""
     if ellipsis:
-        return k, CLAUSE if word.islower() else SENTENCE
-    token = word_before(buf, i, floor)
+        return CLAUSE if word.islower() else SENTENCE
     key = token.lower()
     if key in rules.titles or word.islower():
-        return k, NOT_A_CUT
+        return NOT_A_CUT
     if word.isdigit() and key in rules.number_prefixes:
-        return k, NOT_A_CUT
+        return NOT_A_CUT
     if len(token) == 1 and token.isupper() and word.isupper():
-        return k, NOT_A_CUT
-    return k, SENTENCE
+        return NOT_A_CUT
+    return SENTENCE
 
 
 def word_before(buf: str, i: int, floor: int) -> str:

@@ -123,6 +123,32 @@ def test_a_title_waits_for_the_next_word() -> None:
     assert texts(ch.feed(" is in. Now")) == ["Dr. Silva is in."]
 
 
+def emitted_at(text: str, profile: Profile, limits: dict[str, int]) -> list[tuple[int, str]]:
+    """(characters fed so far, chunk text) for each chunk, feeding one character at a time."""
+    ch = Chunker(profile, "en", char_limits=limits)
+    return [(pos, c.text) for pos in range(1, len(text) + 1) for c in ch.feed(text[pos - 1])]
+
+
+PAUSING = Profile(name="pausing", first_chunk_max_chars=4, chunk_target_chars=12, chars_per_second=2.0,
+                  natural_pause_after_s=3.0)
+
+# Each chunk comes out on the first character after which no continuation can change it.
+EMITTED_AT_CASES = [
+    # First window 10: "2.0.1 क़ 2" (10) could still end the input; the period after the
+    # second "2" is output text whatever follows, so it pushes the text past the window.
+    ("...\n2.0.1 \u00a0\u0915\u093c \u00a02.0.1 \u00a0", SMALL, {"en": 24}, [(17, "2.0.1 \u0915\u093c")]),
+    # A title's period is no cut whatever word follows, so the opening quote after it
+    # is already a word boundary past the window; no need to wait for the word.
+    ('Dr. Dr."" "Dr.', SMALL, {"en": 24}, [(11, 'Dr. Dr.""')]),
+    ('Dr. Dr.Dr. A Dr. "Dr.', PAUSING, {"en": 40}, [(9, "Dr."), (18, "Dr.Dr.")]),
+]
+
+
+@pytest.mark.parametrize("text, profile, limits, expected", EMITTED_AT_CASES)
+def test_a_chunk_comes_out_on_the_character_that_makes_it_certain(text, profile, limits, expected) -> None:
+    assert emitted_at(text, profile, limits) == expected
+
+
 def test_a_period_before_a_lowercase_word_is_not_an_end() -> None:
     ch = Chunker()
     assert ch.feed("It was 7 p.m. and") == []
