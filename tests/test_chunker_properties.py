@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import unicodedata
 
-from hypothesis import HealthCheck, example, given, settings
+import pytest
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pipeline.chunker import Chunk, Chunker, check_spans, split_text
 from pipeline.settings import Profile
 from pipeline.text_rules import CLOSERS, CJK_CLAUSE_MARKS, CJK_SENTENCE_MARKS, is_cjk
+from tests.hypothesis_profiles import property_settings
 
 # Small sizes and limits so that short random texts reach every rule.
 SMALL = Profile(name="small", first_chunk_max_chars=5, chunk_target_chars=20, natural_pause_after_s=1000.0)
@@ -48,10 +50,13 @@ FOUND = [
     "Dr.Dr.Dr.Dr.Dr.Sra.Sra.e.g.",  # a mark that cannot fit forces the cut now
     "Dr.Dr.Dr.Dr.Dr.Dr.Dr.Dr....Dr.",  # ... as does a run that passes the limit
     "Dr.Dr.Dr.Dr.Dr. ...",  # a hard cut never ends on a space
+    "...\n2.0.1 \u00a0\u0915\u093c \u00a02.0.1 \u00a0",  # the period after "2" is output text at once
+    'Dr. Dr.Dr. A Dr. "Dr.',  # a title's period is no cut, whatever word follows the quote
+    'Dr. Dr."" "Dr.',  # ... and the word boundary after it is known as soon as the quote arrives
 ]
 
-
-PROPERTY_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Random examples locally, the same ones on every run in CI (see hypothesis_profiles.py).
+PROPERTY_SETTINGS = property_settings(300)
 
 
 @st.composite
@@ -142,7 +147,7 @@ CONTINUATIONS = ["", " ", ".", ",", "!", "\"", "a", "A", "1", "\u3002", " a", " 
                  "x" * 80]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@property_settings(150)
 @given(text=random_texts, cut=st.floats(0, 1), config=st.sampled_from(CONFIGS[:3]),
        language=st.sampled_from(LANGUAGES))
 @example(text=FOUND[0], cut=31.5 / 37, config=CONFIGS[0], language="en")
@@ -155,13 +160,17 @@ def test_no_chunk_comes_out_before_its_end_is_certain(text, cut, config, languag
         assert split_text(prefix + more, profile, language, limits)[:len(emitted)] == emitted
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@property_settings(150)
 @given(text=random_texts, config=st.sampled_from(CONFIGS[:3]), language=st.sampled_from(LANGUAGES))
 @example(text=FOUND[0], config=CONFIGS[0], language="en")
 @example(text=FOUND[1], config=CONFIGS[0], language="en")
 @example(text=FOUND[2], config=CONFIGS[0], language="en")
 @example(text=FOUND[3], config=CONFIGS[0], language="en")
 @example(text=FOUND[4], config=CONFIGS[0], language="en")
+@example(text=FOUND[6], config=CONFIGS[0], language="en")
+@example(text=FOUND[6], config=CONFIGS[1], language="en")
+@example(text=FOUND[7], config=CONFIGS[1], language="en")
+@example(text=FOUND[8], config=CONFIGS[0], language="en")
 def test_each_chunk_comes_out_as_soon_as_its_end_is_certain(text, config, language) -> None:
     """One character less than the chunker waited for, some continuation still changes the chunk."""
     profile, limits = config
@@ -176,3 +185,27 @@ def test_each_chunk_comes_out_as_soon_as_its_end_is_certain(text, config, langua
 
 
 
+
+
+# -- the settings profiles -------------------------------------------------------------
+
+@pytest.mark.parametrize("value, derandomized", [(None, False), ("true", True), ("1", True)])
+def test_ci_draws_the_same_examples_every_run(monkeypatch, value, derandomized) -> None:
+    if value is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", value)
+    monkeypatch.delenv("CHUNKER_MAX_EXAMPLES", raising=False)
+    chosen = property_settings(7)
+    assert chosen.derandomize is derandomized
+    assert (chosen.database is None) is derandomized
+    assert chosen.max_examples == 7 and chosen.deadline is None
+
+
+def test_a_long_search_sets_the_example_count_and_rejects_nonsense(monkeypatch) -> None:
+    monkeypatch.setenv("CHUNKER_MAX_EXAMPLES", "5000")
+    assert property_settings(7).max_examples == 5000
+    for bad in ("many", "-3", "0", "1e4"):
+        monkeypatch.setenv("CHUNKER_MAX_EXAMPLES", bad)
+        with pytest.raises(ValueError, match="CHUNKER_MAX_EXAMPLES"):
+            property_settings(7)
