@@ -38,6 +38,7 @@ class Running:
     cancelled: bool = False
     first_piece_tokens: int = 4
     piece_tokens: int = 16
+    sampling: object = None  # its SamplingParams
     pieces_launched: int = 0  # vocoder pieces planned (piece_index counts those returned)
     final_launched: bool = False
 

@@ -236,6 +236,10 @@ class FastXttsEngine:
             return
         runs = [r for r, _ in new]
         with torch.inference_mode():
+            # Stock generate's input ids are 1s plus the start token, and its repetition
+            # penalty covers them: start every row's seen-set the same way.
+            self.sampler.reset_rows([r.slot for r in runs], [r.sampling for r in runs],
+                                    [1, self.decoder.start_audio_token], [not r.forced for r in runs])
             logits, latents = self.decoder.prefill([r.slot for r in runs], [p for _, p in new])
             rows = torch.tensor([r.slot for r in runs], device=self.device)
             tokens = self.sampler.sample(logits, rows)
@@ -277,12 +281,10 @@ class FastXttsEngine:
         stream = VocoderStream(chain, speaker)
 
         def make(slot: int) -> Running:
-            # Stock generate's input ids are 1s plus the start token, and its repetition
-            # penalty covers them: start every row's seen-set the same way.
-            self.sampler.reset(slot, params, [1, self.decoder.start_audio_token], allow_stop=not forced)
             return Running(job=job, slot=slot, prefix_len=prefix.shape[0],
                            max_latents=min(job.forced_tokens, cap) if forced else cap, forced=forced,
-                           state=stream, next_piece_at=first, first_piece_tokens=first, piece_tokens=every)
+                           state=stream, next_piece_at=first, first_piece_tokens=first, piece_tokens=every,
+                           sampling=params)
 
         return self.batcher.place(make), prefix
 

@@ -62,13 +62,26 @@ class Sampler:
 
     def reset(self, slot: int, params: SamplingParams, seen: list[int], allow_stop: bool) -> None:
         """Set a slot for a new sequence; `seen` are the ids the repetition penalty starts with."""
-        self.temperature[slot] = params.temperature
-        self.top_k[slot] = params.top_k if 0 < params.top_k < self.vocab else self.vocab
-        self.top_p[slot] = params.top_p
-        self.penalty[slot] = params.repetition_penalty
-        self.seen[slot] = False
-        self.seen[slot, seen] = True
-        self.allow_stop[slot] = allow_stop
+        self.reset_rows([slot], [params], seen, [allow_stop])
+
+    def reset_rows(self, slots: list[int], params: list[SamplingParams], seen: list[int],
+                   allow_stop: list[bool]) -> None:
+        """Set many slots at once: one host-to-device copy and a few kernels, whatever their number."""
+        table = torch.tensor([[slot, p.temperature, p.top_k if 0 < p.top_k < self.vocab else self.vocab, p.top_p,
+                               p.repetition_penalty, float(stop)]
+                              for slot, p, stop in zip(slots, params, allow_stop)], dtype=torch.float64)
+        if self.device.type == "cuda":
+            table = table.pin_memory()
+        table = table.to(self.device, non_blocking=True)  # slots and top-k are exact in float64
+        rows = table[:, 0].long()
+        self.temperature[rows] = table[:, 1].float()
+        self.top_k[rows] = table[:, 2].long()
+        self.top_p[rows] = table[:, 3].float()
+        self.penalty[rows] = table[:, 4].float()
+        self.allow_stop[rows] = table[:, 5].bool()
+        self.seen[rows] = False
+        for token in seen:  # a Python index: no host-to-device copy
+            self.seen[rows, token] = True
 
     def move(self, src: int, dst: int) -> None:
         for t in (self.temperature, self.top_k, self.top_p, self.penalty, self.seen, self.allow_stop):
