@@ -29,7 +29,7 @@ import torch
 from workers.engines.base import EngineInfo, JobFailed, PieceOut, SynthJob, to_pcm16
 from workers.engines.xtts_fast.batcher import Batcher, Running
 from workers.engines.xtts_fast.frames import FrameChain
-from workers.engines.xtts_fast.gpt_decoder import GptDecoder
+from workers.engines.xtts_fast.gpt_decoder import GptDecoder, device_tensor
 from workers.engines.xtts_fast.graphs import DecodeRunner
 from workers.engines.xtts_fast.sampling import Sampler, SamplingParams
 from workers.engines.xtts_fast.scheduling import FirstPiecesFirst
@@ -82,7 +82,7 @@ class _Pending:
 
 @dataclass
 class _Decoding:
-    """A decode step launched but not yet read back: its rows (None: rode along) and their stop flags."""
+    """A prefill or decode step launched but not yet read back: its rows (None: rode along) and their stop flags."""
 
     runs: list[Running | None]
     stops: torch.Tensor  # [b] bool, host (pinned on CUDA), valid once `done` has passed
@@ -127,7 +127,8 @@ class FastXttsEngine:
         self.languages = {lang.split("-")[0] for lang in getattr(model.config, "languages", []) or []}
         self._voice_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pending: list[_Pending] = []
-        self._decoding: _Decoding | None = None
+        self._launched: list[_Decoding] = []  # prefill and decode steps of this step(), in launch order
+        self._decoding: list[_Decoding] = []  # those of the last step(), not read back yet
         self._failed: list[JobFailed] = []
         self.graph_error: str | None = None
         self.voc_stream = torch.cuda.Stream(self.device) if self.overlap else None
@@ -153,7 +154,7 @@ class FastXttsEngine:
 
     def has_work(self) -> bool:
         return (self.batcher.has_work() or bool(self._pending) or bool(self._failed)
-                or self._decoding is not None)
+                or bool(self._decoding))
 
     def step(self) -> list[PieceOut | JobFailed]:
         out: list[PieceOut | JobFailed] = self._failed
@@ -164,17 +165,21 @@ class FastXttsEngine:
             # of later chunks); the caller steps again at once.
             return out + self._collect(urgent_only=True)
         hold = self.policy.hold(self.batcher)
+        # Launch this step's prefill and decode before reading the last step's back: the GPU
+        # never waits for the host's bookkeeping, and the host waits only for the step before.
+        self._launched = []
         self._admit(hold)
-        # Launch this step's decode before reading the last one back: the GPU never waits
-        # for the host's bookkeeping, and the host waits only for the step before.
-        previous, self._decoding = self._decoding, self._launch_decode()
-        if self.overlap and self._decoding is not None:
+        decoding = self._launch_decode()
+        if decoding is not None:
+            self._launched.append(decoding)
+        previous, self._decoding = self._decoding, self._launched
+        if self.overlap and decoding is not None:
             out += self._collect()  # last step's vocoder work overlapped this decode
-        if previous is not None:
-            self._confirm(previous)
+        for launched in previous:
+            self._confirm(launched)
         self._launch_pieces(hold)
         self.batcher.compact(self._move)
-        if not self.overlap or self._decoding is None:
+        if not self.overlap or decoding is None:
             out += self._collect()
         return out
 
@@ -212,7 +217,7 @@ class FastXttsEngine:
 
     def close(self) -> None:
         self._pending.clear()
-        self._decoding = None
+        self._decoding = []
         self.batcher = Batcher(self.settings.slots)
         del self.decoder.k_cache, self.decoder.v_cache, self.latents
         if self.cuda:
@@ -241,14 +246,13 @@ class FastXttsEngine:
             self.sampler.reset_rows([r.slot for r in runs], [r.sampling for r in runs],
                                     [1, self.decoder.start_audio_token], [not r.forced for r in runs])
             logits, latents = self.decoder.prefill([r.slot for r in runs], [p for _, p in new])
-            rows = torch.tensor([r.slot for r in runs], device=self.device)
+            rows = device_tensor([r.slot for r in runs], self.device)
             tokens = self.sampler.sample(logits, rows)
             self.latents[rows, 0] = latents
             self.runner.tokens[rows] = tokens
-            stops = tokens.eq(self.decoder.stop_audio_token).tolist()
-        for run, stop in zip(runs, stops):
-            run.count = run.confirmed = 1
-            run.finished = run.count >= run.max_latents or (stop and not run.forced)
+        for run in runs:
+            run.count = 1  # confirmed when the prefill's stop flags are read back, like a decode step's
+        self._launched.append(self._read_back_later(runs, tokens))
 
     def _start(self, job: SynthJob) -> tuple[Running, torch.Tensor]:
         params = SamplingParams.from_job(job.sampling)
@@ -268,7 +272,7 @@ class FastXttsEngine:
             raise ValueError(f"text is {len(tokens)} tokens; XTTS takes fewer than {self.args.gpt_max_text_tokens}")
         cond, speaker = self._voice(job.voice)
         with torch.inference_mode():
-            prefix = self.decoder.prefix_embedding(cond, torch.tensor(tokens, device=self.device))
+            prefix = self.decoder.prefix_embedding(cond, device_tensor(tokens, self.device))
         room = self.settings.max_len - prefix.shape[0] + 1
         if room < 1:
             raise ValueError(f"text too long for the KV cache ({prefix.shape[0]} of {self.settings.max_len} positions)")
@@ -340,17 +344,22 @@ class FastXttsEngine:
             tokens = self.sampler.sample(logits, rows)
             self.latents[rows, dev[:, 2]] = latents
             self.runner.tokens[:b] = tokens
+        for run, ok in zip(running, live):
+            if ok:
+                run.count += 1
+        return self._read_back_later([r if ok else None for r, ok in zip(running, live)], tokens)
+
+    def _read_back_later(self, runs: list[Running | None], tokens: torch.Tensor) -> _Decoding:
+        """Start copying the rows' stop flags to the host; `_confirm` reads them."""
+        with torch.inference_mode():
             stops = tokens.eq(self.decoder.stop_audio_token)
-            stops_host = torch.empty(b, dtype=torch.bool, pin_memory=self.cuda)
+            stops_host = torch.empty(len(runs), dtype=torch.bool, pin_memory=self.cuda)
             stops_host.copy_(stops, non_blocking=True)
         done = None
         if self.cuda:
             done = torch.cuda.Event()
             done.record(torch.cuda.current_stream(self.device))
-        for run, ok in zip(running, live):
-            if ok:
-                run.count += 1
-        return _Decoding([r if ok else None for r, ok in zip(running, live)], stops_host, done)
+        return _Decoding(runs, stops_host, done)
 
     def _confirm(self, decoding: _Decoding) -> None:
         """Read a launched step's stop flags back: its latents now count for pieces and ends."""
