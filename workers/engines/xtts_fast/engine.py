@@ -329,9 +329,10 @@ class FastXttsEngine:
             return None
         b = len(running)
         # A row that is not live rides along (rows must stay 0..b-1); aim its writes at
-        # places nothing reads: the last cache position and a spare latent row.
+        # places nothing reads: the cache position it will never feed (not the last one,
+        # which would make every row attend over the whole cache) and a spare latent row.
         last = self.settings.max_len - 1
-        host = torch.tensor([[r.cache_pos, r.count, r.count] if ok else [last, 0, self.max_gen]
+        host = torch.tensor([[r.cache_pos, r.count, r.count] if ok else [min(r.cache_pos, last), 0, self.max_gen]
                              for r, ok in zip(running, live)], dtype=torch.long)
         if self.cuda:
             host = host.pin_memory()
