@@ -95,6 +95,8 @@ class Supervisor:
         # a restarted coordinator learns it too.
         changed = time.monotonic() - self._last_report > 1.0
         for m in self.processes:
+            if self.stop_requested:  # Ctrl-C reaches every child too: they exit, and must not come back
+                return
             if m.given_up or m.proc is None or m.proc.poll() is None:
                 continue
             changed = True
