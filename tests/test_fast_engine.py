@@ -183,11 +183,13 @@ def test_built_from_service_settings_with_a_reference_audio_voice(tiny_checkpoin
     check_pieces(by_stream(outs)["ref"], FrameChain.for_model(1024, 256, 22050, 24000, 1.0).samples(6))
 
 
-def steps_to_first_piece(eng: FastXttsEngine, stream: str) -> tuple[int, list[set[int]]]:
+def steps_to_first_piece(eng: FastXttsEngine, stream: str, seen: list | None = None) -> tuple[int, list[set[int]]]:
     """Steps until the stream's chunk 0 gives its first piece, and which of its chunks ran at each step."""
     ran: list[set[int]] = []
     for n in range(1, 1000):
         outs = eng.step()
+        if seen is not None:
+            seen.extend(outs)
         ran.append({r.job.chunk_index for r in eng.batcher.running if r.job.stream == stream})
         if any(isinstance(o, PieceOut) and o.job.stream == stream and o.job.chunk_index == 0 for o in outs):
             return n, ran
@@ -272,3 +274,44 @@ def test_a_sampled_stop_ends_the_job_at_its_latent(tiny_checkpoint, stop_at):
     # Steps launched past the stop before it was read back: one after a decode step's stop,
     # two after the prefill's (the first decode step goes out with the prefill).
     assert len(calls) <= stop_at + (3 if stop_at == 0 else 2)
+
+
+class _FakeCuda:
+    """Stands in for a CUDA stream and event: the CPU runs everything in order anyway."""
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def record(self, stream=None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+def test_the_overlapped_vocoder_path_on_fake_streams(tiny_checkpoint, monkeypatch):
+    """The CUDA path's bookkeeping (vocoder one step behind, first audio handed over early, padded
+    vocoder batches) run on the CPU: same first-piece step alone and with later chunks, exact pieces."""
+    import contextlib
+
+    empty = torch.empty
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: _FakeCuda())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", _FakeCuda)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None, raising=False)
+    monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **k: empty(*a, **k))
+    eng = engine(tiny_checkpoint, slots=8)
+    eng.overlap, eng.voc_stream, eng.vocoder.batch_sizes = True, _FakeCuda(), (1, 2, 4, 8)
+    eng.add(chunk_job("a", 0, 30))
+    alone, _ = steps_to_first_piece(eng, "a")
+    drain(eng)
+    jobs = [chunk_job(s, c, 20 + 5 * c) for s in ("a", "b") for c in range(3)]
+    for j in jobs:
+        eng.add(j)
+    outs: list = []
+    together, _ = steps_to_first_piece(eng, "a", outs)
+    assert together == alone
+    outs += drain(eng)
+    chain = FrameChain.for_model(1024, 256, 22050, 24000, 1.0)
+    for j in jobs:
+        check_pieces([o for o in outs if isinstance(o, PieceOut) and o.job is j], chain.samples(20 + 5 * j.chunk_index))
