@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="ask a running service how it is")
     st.add_argument("--endpoint", default=None)
     st.add_argument("--config", default=None)
+    st.add_argument("--keys", default=None, help="CURVE keys directory (from `xtts-stream keys`)")
     ms = sub.add_parser("make-synthetic", help="write a seeded random XTTS-v2 checkpoint (real layout)")
     ms.add_argument("--size", choices=("tiny", "full"), default="tiny")
     ms.add_argument("--seed", type=int, default=0)
@@ -108,12 +109,7 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 async def _say(args: argparse.Namespace, endpoint: str, overrides: dict[str, Any]) -> dict[str, Any]:
     from .client import Client
-    curve = {}
-    if args.keys:
-        from .security import client_keys
-        server_key, pair = client_keys(args.keys)
-        curve = {"curve_server_key": server_key, "curve_client_keys": pair}
-    async with Client(endpoint, timeout_s=args.timeout, **curve) as client:
+    async with Client(endpoint, timeout_s=args.timeout, **_curve(args.keys)) as client:
         await client.wait_ready(args.timeout)
         kwargs = dict(profile=args.profile, overrides=overrides, language=args.language, voice=args.voice)
         if args.stdin:
@@ -123,10 +119,14 @@ async def _say(args: argparse.Namespace, endpoint: str, overrides: dict[str, Any
             utt = client.speak(args.text, **kwargs)
             feeder = None
         pcm = bytearray()
-        async for block in utt:
-            pcm += block.pcm
-        if feeder:
-            await feeder
+        try:
+            async for block in utt:
+                pcm += block.pcm
+                if feeder and feeder.done() and feeder.exception():
+                    raise feeder.exception()
+        finally:
+            if feeder:
+                feeder.cancel()
     rate = utt.accepted.sample_rate if utt.accepted else 0
     if args.out:
         write_wav(args.out, bytes(pcm), rate)
@@ -135,17 +135,23 @@ async def _say(args: argparse.Namespace, endpoint: str, overrides: dict[str, Any
 
 
 async def _feed_stdin(utt) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    # A thread reads, so a pipe, a terminal and a redirected file all work.
     pending = b""
-    while chunk := await reader.read(256):
+    while chunk := await asyncio.to_thread(sys.stdin.buffer.read1, 256):
         pending += chunk
         text = pending.decode("utf-8", errors="ignore")
         pending = pending[len(text.encode("utf-8")):]  # keep a split multi-byte character for later
         if text:
             await utt.send(text)
     await utt.end()
+
+
+def _curve(keys_dir: str | None) -> dict[str, Any]:
+    if not keys_dir:
+        return {}
+    from .security import client_keys
+    server_key, pair = client_keys(keys_dir)
+    return {"curve_server_key": server_key, "curve_client_keys": pair}
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -175,7 +181,7 @@ def write_wav(path: Path, pcm: bytes, sample_rate: int) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from .client import ServiceError, SyncClient
     endpoint = args.endpoint or load_settings(args.config).service.client_endpoint
-    client = SyncClient(endpoint, timeout_s=5.0)
+    client = SyncClient(endpoint, timeout_s=5.0, **_curve(args.keys))
     try:
         reply = client.status()
     except ServiceError as exc:

@@ -21,6 +21,7 @@ import itertools
 import os
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -114,7 +115,8 @@ class Client:
         self.sock.connect(endpoint)
         self._streams: dict[str, Utterance] = {}
         self._status: dict[str, asyncio.Future] = {}
-        self._errors: asyncio.Queue = asyncio.Queue()
+        # Errors that name no open stream of ours (e.g. for a malformed request): kept for inspection.
+        self.unrouted_errors: deque[ServiceError] = deque(maxlen=100)
         self._ids = itertools.count()
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._reader: asyncio.Task | None = None
@@ -185,6 +187,8 @@ class Client:
 
     def _new(self, stream: str | None) -> Utterance:
         sid = stream or f"{self._prefix}-{next(self._ids)}"
+        if not 0 < len(sid) <= 200:
+            raise ValueError("a stream id must be 1 to 200 characters")
         if sid in self._streams:
             raise ValueError(f"stream id '{sid}' is already in use on this client")
         utt = Utterance(self, sid)
@@ -236,7 +240,7 @@ class Client:
             try:
                 msg = decode(frames)
             except DecodeError as exc:
-                await self._errors.put(ServiceError(exc.code, f"undecodable reply: {exc}"))
+                self.unrouted_errors.append(ServiceError(exc.code, f"undecodable reply: {exc}"))
                 continue
             self._route(msg)
 
@@ -249,7 +253,7 @@ class Client:
         utt = self._streams.get(getattr(msg, "stream", ""))
         if utt is None:
             if isinstance(msg, p.Error):
-                self._errors.put_nowait(ServiceError(msg.code, msg.message, msg.stream))
+                self.unrouted_errors.append(ServiceError(msg.code, msg.message, msg.stream))
             return
         if isinstance(msg, p.Accepted):
             utt.accepted = msg
@@ -270,13 +274,13 @@ class Client:
 class SyncClient:
     """Blocking wrapper: each call runs the async client on a private event loop."""
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", timeout_s: float = 60.0):
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", timeout_s: float = 60.0, **curve: Any):
         self._loop = asyncio.new_event_loop()
-        self._client = self._loop.run_until_complete(self._make(endpoint, timeout_s))
+        self._client = self._loop.run_until_complete(self._make(endpoint, timeout_s, curve))
 
     @staticmethod
-    async def _make(endpoint: str, timeout_s: float) -> Client:
-        return Client(endpoint, timeout_s)
+    async def _make(endpoint: str, timeout_s: float, curve: dict[str, Any]) -> Client:
+        return Client(endpoint, timeout_s, **curve)
 
     def speak(self, text: str, **kwargs: Any) -> tuple[bytes, dict[str, Any], int]:
         """Speak and wait: (PCM s16le, metrics, sample rate)."""

@@ -30,6 +30,9 @@ from .worker_pool import WorkerHandle, WorkerPool
 
 log = logging.getLogger("xtts_stream.coordinator")
 
+CLIENT_PATIENCE_S = 30.0  # a client that takes no reply for this long is given up
+SINK_HWM = 100_000  # blocks queued for the sink: bursts of many streams, not a stalled sink, reach it
+
 
 class Coordinator:
     def __init__(self, settings: Settings, run: RunPaths):
@@ -42,10 +45,11 @@ class Coordinator:
         self.clients.setsockopt(zmq.SNDHWM, settings.service.max_queued_messages_per_client)
         self.worker_sock = self._socket(zmq.ROUTER)
         self.sink_push = self._socket(zmq.PUSH)
+        self.sink_push.setsockopt(zmq.SNDHWM, SINK_HWM)
         self.sink_pull = self._socket(zmq.PULL)
         self.ctl = self._socket(zmq.PULL)
         self.streams: dict[str, StreamState] = {}
-        self.backlog: list[p.SynthChunk] = []
+        self.backlog: list[tuple[float, p.SynthChunk]] = []  # (when queued, chunk) while no worker is ready
         self.pool = WorkerPool(self.worker_sock, settings.service.heartbeat_timeout_s,
                                on_dead=self._worker_dead, on_ready=self._worker_ready)
         self.requests = StreamRequests(self)
@@ -55,6 +59,7 @@ class Coordinator:
         self.slow_client_drops = 0
         self._outboxes: dict[bytes, ClientOutbox] = {}
         self._sink_pid: int | None = None
+        self.exit_code = 0
         self._greeted: set[bytes] = set()
         self._stop = asyncio.Event()
         self._serving = asyncio.Event()
@@ -82,15 +87,36 @@ class Coordinator:
         self.clients.bind(self.settings.service.client_endpoint)
         self._bound.append(self.settings.service.client_endpoint)
         log.info("listening for clients on %s", self.settings.service.client_endpoint)
-        self._tasks = [asyncio.create_task(coro) for coro in (
-            self._worker_loop(), self._sink_loop(), self._ctl_loop(), self._housekeeping(), self._client_loop())]
-        await self._stop.wait()
+        loops = [self._loop("clients", self.clients, self._on_client),
+                 self._loop("workers", self.worker_sock, self._on_worker),
+                 self._loop("sink", self.sink_pull, self._on_sink),
+                 self._loop("control", self.ctl, self._on_ctl), self._housekeeping()]
+        self._tasks = [asyncio.create_task(coro) for coro in loops]
+        stop = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        if stop not in done:  # a loop ended: this coordinator is half deaf, let the supervisor replace it
+            log.critical("a coordinator loop ended unexpectedly: %s", [t.exception() for t in done])
+            self.exit_code = 1
         await self._shutdown()
 
+    async def _loop(self, name: str, sock: zmq.asyncio.Socket, handle) -> None:
+        """Read one socket forever; a message that fails is logged, never fatal to the loop."""
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            try:
+                await handle(frames)
+            except Exception:
+                log.exception("%s: handling a message failed", name)
+
     async def _shutdown(self) -> None:
-        for st in list(self.streams.values()):
-            await self.requests.fail(st, "shutting_down", "the service is shutting down")
-        for task in self._tasks:
+        async def fail_all() -> None:
+            for st in list(self.streams.values()):
+                await self.requests.fail(st, "shutting_down", "the service is shutting down")
+        try:
+            await asyncio.wait_for(fail_all(), self.settings.service.stop_grace_s / 2)
+        except asyncio.TimeoutError:
+            log.warning("not every client could be told of the shutdown in time")
+        for task in self._tasks + [box.task for box in self._outboxes.values() if box.task]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.clients.close(linger=500)  # the shutting_down errors just queued must reach their clients
@@ -101,21 +127,21 @@ class Coordinator:
 
     # -- clients -------------------------------------------------------------
 
-    async def _client_loop(self) -> None:
-        while True:
-            frames = await self.clients.recv_multipart(copy=False)
-            identity = frames[0].bytes
-            try:
-                msg = decode(frames[1:])
-                await self.requests.handle(identity, msg)
-            except DecodeError as exc:
-                log.warning("bad request from client %s: %s", identity.hex(), exc)
-                await self.reply(identity, p.Error(code=exc.code, message=str(exc)))
-            except RequestError as exc:
-                await self.reply(identity, p.Error(code=exc.code, message=str(exc), stream=exc.stream))
-            except Exception as exc:  # a bug must fail the request, never the service
-                log.exception("request from client %s failed", identity.hex())
-                await self.reply(identity, p.Error(code="internal", message=f"internal error: {exc}"))
+    async def _on_client(self, frames) -> None:
+        identity = frames[0].bytes
+        msg = None
+        try:
+            msg = decode(frames[1:])
+            await self.requests.handle(identity, msg)
+        except DecodeError as exc:
+            log.warning("bad request from client %s: %s", identity.hex(), exc)
+            await self.reply(identity, p.Error(code=exc.code, message=str(exc)))
+        except RequestError as exc:
+            await self.reply(identity, p.Error(code=exc.code, message=str(exc), stream=exc.stream))
+        except Exception as exc:  # a bug must fail the request, never the service
+            log.exception("request from client %s failed", identity.hex())
+            await self.reply(identity, p.Error(code="internal", message=f"internal error: {exc}",
+                                               stream=str(getattr(msg, "stream", ""))))
 
     async def reply(self, identity: bytes, msg: p.Message) -> bool:
         """Send to a client without ever waiting on it: False when the message had to be dropped."""
@@ -138,11 +164,12 @@ class Coordinator:
         return False
 
     def _open_outbox(self, identity: bytes) -> ClientOutbox:
-        box = ClientOutbox(self.clients, identity, self.settings.service.max_client_backlog_s, 30.0,
-                           self._client_gone)
+        # The box leaves the map in the same step its queue empties, so no reply
+        # can be queued into a box nobody drains any more.
+        box = ClientOutbox(self.clients, identity, self.settings.service.max_client_backlog_s, CLIENT_PATIENCE_S,
+                           self._client_gone, on_empty=lambda: self._outboxes.pop(identity, None))
         self._outboxes[identity] = box
-        task = asyncio.get_running_loop().create_task(box.drain())
-        task.add_done_callback(lambda _: self._outboxes.pop(identity, None))
+        box.task = asyncio.get_running_loop().create_task(box.drain())
         return box
 
     async def _client_gone(self, identity: bytes) -> None:
@@ -151,22 +178,15 @@ class Coordinator:
 
     # -- workers -------------------------------------------------------------
 
-    async def _worker_loop(self) -> None:
-        while True:
-            frames = await self.worker_sock.recv_multipart(copy=False)
-            identity = frames[0].bytes
-            try:
-                msg = decode(frames[1:])
-            except DecodeError as exc:
-                log.error("undecodable message from worker %r: %s", identity, exc)
-                continue
-            try:
-                await self._on_worker_message(identity, msg)
-            except Exception:
-                log.exception("handling %s from worker %r failed", type(msg).__name__, identity)
-
-    async def _on_worker_message(self, identity: bytes, msg: p.Message) -> None:
+    async def _on_worker(self, frames) -> None:
+        identity = frames[0].bytes
+        try:
+            msg = decode(frames[1:])
+        except DecodeError as exc:
+            log.error("undecodable message from worker %r: %s", identity, exc)
+            return
         if isinstance(msg, p.Ready):
+            self._greeted.discard(identity)
             self.pool.ready(identity, msg)
             return
         worker = self.pool.beat(identity)
@@ -195,7 +215,7 @@ class Coordinator:
             log.info("serving: the first worker is ready")
         self._serving.set()
         backlog, self.backlog = self.backlog, []
-        for chunk in backlog:
+        for _, chunk in backlog:
             self._spawn(self.requests.send_chunk_by_sid(chunk))
 
     def _worker_dead(self, worker: WorkerHandle, reason: str) -> None:
@@ -214,41 +234,42 @@ class Coordinator:
 
     # -- sink ----------------------------------------------------------------
 
-    async def send_sink(self, msg: p.Message) -> None:
-        await self.sink_push.send_multipart(encode(msg), copy=False)
-
-    async def _sink_loop(self) -> None:
+    async def send_sink(self, msg: p.Message, patience_s: float = 0.0) -> bool:
+        """False when no sink is connected (it is restarting) within ``patience_s``: the caller
+        fails what depends on it. Never blocks the loop on a missing sink."""
+        frames = encode(msg)
+        deadline = time.monotonic() + patience_s
         while True:
-            frames = await self.sink_pull.recv_multipart(copy=False)
             try:
-                msg = decode(frames)
-                if isinstance(msg, p.AudioBlock):
-                    await self.requests.deliver_block(msg)
-                elif isinstance(msg, p.SinkDone):
-                    await self.requests.on_sink_done(msg)
-            except Exception:
-                log.exception("handling a sink message failed")
+                await self.sink_push.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.05)
+
+    async def _on_sink(self, frames) -> None:
+        msg = decode(frames)
+        if isinstance(msg, p.AudioBlock):
+            await self.requests.deliver_block(msg)
+        elif isinstance(msg, p.SinkDone):
+            await self.requests.on_sink_done(msg)
 
     # -- control and housekeeping -------------------------------------------
 
-    async def _ctl_loop(self) -> None:
-        while True:
-            frames = await self.ctl.recv_multipart()
-            try:
-                msg = decode(frames)
-            except DecodeError as exc:
-                log.warning("bad control message: %s", exc)
-                continue
-            if isinstance(msg, p.Shutdown):
-                log.info("shutdown requested: %s", msg.reason or "no reason given")
-                self._stop.set()
-            elif isinstance(msg, p.StatusReply):  # the supervisor's view of process health
-                self.health = {"healthy": msg.healthy, **msg.state}
-                await self._check_sink(msg.state)
+    async def _on_ctl(self, frames) -> None:
+        msg = decode(frames)
+        if isinstance(msg, p.Shutdown):
+            log.info("shutdown requested: %s", msg.reason or "no reason given")
+            self._stop.set()
+        elif isinstance(msg, p.StatusReply):  # the supervisor's view of process health
+            self.health = {"healthy": msg.healthy, **msg.state}
+            await self._check_sink(msg.state)
 
     async def _check_sink(self, state: dict) -> None:
         """A new sink process knows none of the streams the old one held: they cannot finish."""
-        pid = state.get("processes", {}).get("sink", {}).get("pid")
+        sink = state.get("processes", {}).get("sink", {})
+        pid = sink.get("pid") if isinstance(sink, dict) else None
         if self._sink_pid is not None and pid != self._sink_pid:
             for st in list(self.streams.values()):
                 await self.requests.fail(st, "sink_restarted", "the audio sink died and was restarted; "
@@ -259,9 +280,12 @@ class Coordinator:
         interval = max(0.05, self.settings.service.heartbeat_interval_s)
         while True:
             await asyncio.sleep(interval)
-            self.pool.check_heartbeats()
-            await self.requests.expire_backlog()
-            await self.requests.expire_idle()
+            try:
+                self.pool.check_heartbeats()
+                await self.requests.expire_backlog()
+                await self.requests.expire_idle()
+            except Exception:
+                log.exception("housekeeping failed")
 
     @property
     def serving(self) -> bool:
@@ -299,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         log.info("uvloop not installed; using the default asyncio loop")
         run_loop = asyncio.run
-    run_loop(Coordinator(settings, run).serve())
-    return 0
+    coordinator = Coordinator(settings, run)
+    run_loop(coordinator.serve())
+    return coordinator.exit_code
 
 
 if __name__ == "__main__":

@@ -27,12 +27,13 @@ MAX_CONTROL = 256  # non-audio replies held per client (a client that only sends
 
 class ClientOutbox:
     def __init__(self, sock: zmq.Socket, identity: bytes, max_audio_s: float, patience_s: float,
-                 on_gone: Callable[[bytes], Any]):
+                 on_gone: Callable[[bytes], Any], on_empty: Callable[[], Any]):
         self.sock = sock
         self.identity = identity
         self.max_audio_s = max_audio_s
         self.patience_s = patience_s
         self.on_gone = on_gone
+        self.on_empty = on_empty
         self.queue: deque[tuple[list, float, bool]] = deque()  # frames, seconds of audio, is audio
         self.audio_s = 0.0
         self.control = 0
@@ -68,6 +69,7 @@ class ClientOutbox:
                     log.warning("client %s took nothing for %.0f s; %d replies dropped, client given up",
                                 self.identity.hex(), self.patience_s, len(self.queue))
                     self.queue.clear()
+                    self.on_empty()
                     await self.on_gone(self.identity)
                     return
                 await asyncio.sleep(pause)
@@ -75,6 +77,7 @@ class ClientOutbox:
                 continue
             except zmq.ZMQError:
                 self.queue.clear()
+                self.on_empty()
                 await self.on_gone(self.identity)
                 return
             self.queue.popleft()
@@ -82,3 +85,4 @@ class ClientOutbox:
             self.control -= 0 if audio else 1
             last_progress = time.monotonic()
             pause = 0.002
+        self.on_empty()  # no await between the empty check and this: nothing can slip in

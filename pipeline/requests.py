@@ -8,12 +8,13 @@ dispatch of chunks, including dispatching them again after a worker dies.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import protocol as p
-from .chunker import Chunker
+from .chunker import Chunker, base_language
 from .reassembler import Block, Reassembler
 from .settings import SettingsError
 from .streams import StreamState
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("xtts_stream.requests")
 
 MAX_STREAM_ID = 200
+SINK_PATIENCE_S = 2.0  # a new stream waits this long for a restarting sink before it is refused
 DELIVERIES = ("client", "none", "speakers")
 
 
@@ -35,11 +37,22 @@ class RequestError(Exception):
         self.stream = stream
 
 
+def _inside(root_dir: str, name: str) -> Path | None:
+    """``name`` resolved inside ``root_dir``, or None when it is absolute, escapes it or is not a path."""
+    if not name or "\x00" in name or Path(name).is_absolute():
+        return None
+    root = Path(root_dir).expanduser().resolve()
+    path = (root / name).resolve()
+    return path if root in path.parents else None
+
+
 class StreamRequests:
     def __init__(self, coordinator: "Coordinator"):
         self.c = coordinator
         self.by_client: dict[tuple[bytes, str], StreamState] = {}
         self._next_sid = 0
+        self._boot = f"{os.getpid():x}"
+        self.wav_paths: set[str] = set()  # held by open streams: one writer per file
 
     # -- requests ------------------------------------------------------------
 
@@ -47,8 +60,9 @@ class StreamRequests:
         if isinstance(msg, p.Speak):
             self._check_whole_text(msg)
             st = await self._open(identity, msg)
-            await self._append(st, msg.text)
-            await self._end(st)
+            if not st.error:  # the client may have vanished while it was accepted
+                await self._append(st, msg.text)
+                await self._end(st)
         elif isinstance(msg, p.Open):
             await self._open(identity, msg)
         elif isinstance(msg, p.Append):
@@ -94,15 +108,22 @@ class StreamRequests:
             raise RequestError("bad_profile", str(exc), msg.stream) from None
         language = msg.language or svc.language
         limits = self._char_limits()
-        if limits and language not in limits:
+        if limits and base_language(language) not in limits:
             raise RequestError("bad_language", f"language '{language}' is not supported by this engine; "
                                f"valid: {', '.join(sorted(limits))}", msg.stream)
         deliver = self._deliver(msg)
         voice = self._voice(msg)
         st = self._new_stream(identity, msg, profile, language, limits)
         st.deliver, st.voice = deliver, voice
-        await self.c.send_sink(p.SinkOpen(stream=st.sid, sample_rate=st.sample_rate, prebuffer_ms=profile.prebuffer_ms,
-                                          block_ms=profile.block_ms, deliver=st.deliver, t_accept=st.t_accept))
+        if deliver.startswith("wav:"):
+            self.wav_paths.add(deliver[4:])
+        if not await self.c.send_sink(p.SinkOpen(stream=st.sid, sample_rate=st.sample_rate,
+                                                 prebuffer_ms=profile.prebuffer_ms, block_ms=profile.block_ms,
+                                                 deliver=st.deliver, t_accept=st.t_accept),
+                                      patience_s=SINK_PATIENCE_S):
+            self._forget(st)
+            raise RequestError("sink_unavailable", "the audio sink is restarting; send the request again shortly",
+                               msg.stream)
         await self.c.reply(identity, p.Accepted(stream=msg.stream, profile=profile.name, sample_rate=st.sample_rate,
                                                 block_samples=st.reassembler.block_samples))
         return st
@@ -111,11 +132,12 @@ class StreamRequests:
         if msg.deliver in DELIVERIES:
             return msg.deliver
         name = msg.deliver[4:] if msg.deliver.startswith("wav:") else ""
-        root = Path(self.c.settings.service.wav_dir).expanduser().resolve()
-        path = (root / name).resolve()
-        if not name.endswith(".wav") or Path(name).is_absolute() or root not in path.parents:
+        path = _inside(self.c.settings.service.wav_dir, name)
+        if path is None or not name.endswith(".wav"):
             raise RequestError("bad_deliver", f"deliver must be one of {', '.join(DELIVERIES)} or wav:NAME.wav "
                                f"(a relative path inside the service's wav_dir)", msg.stream)
+        if str(path) in self.wav_paths:
+            raise RequestError("bad_deliver", f"wav:{name} is being written by another stream", msg.stream)
         return f"wav:{path}"
 
     def _voice(self, msg: p.Speak | p.Open) -> str:
@@ -124,16 +146,17 @@ class StreamRequests:
             return self.c.settings.service.voice
         if "/" not in msg.voice and "\\" not in msg.voice and not msg.voice.endswith(".wav"):
             return msg.voice
-        root = Path(self.c.settings.service.voices_dir).expanduser().resolve()
-        path = (root / msg.voice).resolve()
-        if Path(msg.voice).is_absolute() or root not in path.parents:
+        path = _inside(self.c.settings.service.voices_dir, msg.voice)
+        if path is None:
             raise RequestError("bad_voice", "voice must be a speaker name or NAME.wav inside the service's "
                                "voices_dir", msg.stream)
         return str(path)
 
     def _new_stream(self, identity, msg, profile, language, limits) -> StreamState:
         self._next_sid += 1
-        sid = f"s{self._next_sid}"
+        # Unique across coordinator restarts: a stale stream of a dead coordinator,
+        # still known to a worker or the sink, can never be mistaken for a new one.
+        sid = f"{self._boot}.{self._next_sid}"
         rate = self.c.sample_rate
         block_samples = max(1, rate * profile.block_ms // 1000)
         st = StreamState(sid=sid, client=identity, client_stream=msg.stream, profile=profile, language=language,
@@ -150,6 +173,8 @@ class StreamRequests:
         return dict(worker.ready.char_limits) if worker else {}
 
     async def _append(self, st: StreamState, text: str) -> None:
+        if st.cancelled or st.error:
+            return  # deltas still in flight after a barge-in: nobody will hear them
         if st.ended:
             raise RequestError("stream_ended", f"stream '{st.client_stream}' has already ended", st.client_stream)
         limit = self.c.settings.service.max_text_chars
@@ -162,6 +187,8 @@ class StreamRequests:
             await self._dispatch(st, chunk)
 
     async def _end(self, st: StreamState) -> None:
+        if st.cancelled or st.error:
+            return
         if st.ended:
             raise RequestError("stream_ended", f"stream '{st.client_stream}' has already ended", st.client_stream)
         for chunk in st.chunker.flush():
@@ -173,12 +200,12 @@ class StreamRequests:
         await self._maybe_finish(st)
 
     async def _cancel(self, st: StreamState) -> None:
-        if st.cancelled:
-            return
+        if st.cancelled or st.closed:
+            return  # already cancelled, or all its audio is out and its done is on the way
         st.cancelled = True
         st.epoch += 1
         st.reassembler.cancel(st.epoch)
-        self.c.backlog = [ch for ch in self.c.backlog if ch.stream != st.sid]
+        self.c.backlog = [(t, ch) for t, ch in self.c.backlog if ch.stream != st.sid]
         await self.c.pool.cancel(st.sid, st.epoch)
         await self._close(st, cancelled=True)
 
@@ -197,7 +224,7 @@ class StreamRequests:
         worker = self.c.pool.workers.get(st.worker) if st.worker else None
         worker = worker or self.c.pool.pick()
         if worker is None:
-            self.c.backlog.append(chunk)
+            self.c.backlog.append((time.monotonic(), chunk))
             return
         st.worker = worker.identity
         await self.c.pool.dispatch(worker, chunk)
@@ -231,9 +258,10 @@ class StreamRequests:
         if not self.c.backlog or self.c.pool.workers:
             return
         timeout = self.c.settings.service.worker_ready_timeout_s
-        for sid in {ch.stream for ch in self.c.backlog}:
+        now = time.monotonic()
+        for sid in {ch.stream for t, ch in self.c.backlog if now - t > timeout}:
             st = self.c.streams.get(sid)
-            if st is not None and time.monotonic() - st.t_accept > timeout:
+            if st is not None:
                 await self.fail(st, "no_worker", f"no worker became available within {timeout:.0f} s")
 
     # -- audio back ----------------------------------------------------------
@@ -261,9 +289,14 @@ class StreamRequests:
             st.t_first_block = st.t_first_block or now
             st.t_last_block = now
             st.blocks += 1
-            await self.c.send_sink(p.AudioBlock(stream=st.sid, epoch=st.epoch, seq=block.seq,
-                                                sample_offset=block.sample_offset, sample_count=block.sample_count,
-                                                sample_rate=st.sample_rate, pcm=block.pcm))
+            sent = await self.c.send_sink(p.AudioBlock(stream=st.sid, epoch=st.epoch, seq=block.seq,
+                                                       sample_offset=block.sample_offset,
+                                                       sample_count=block.sample_count,
+                                                       sample_rate=st.sample_rate, pcm=block.pcm))
+            if not sent:
+                await self.fail(st, "sink_unavailable", "the audio sink stopped taking audio; the stream cannot "
+                                "finish, send it again")
+                return
 
     async def _maybe_finish(self, st: StreamState) -> None:
         if st.ended and not st.closed and st.reassembler.complete:
@@ -287,9 +320,15 @@ class StreamRequests:
         if st is None:
             return
         self._forget(st)
-        if not st.error:
-            await self.c.reply(st.client, p.Done(stream=st.client_stream, metrics={**st.metrics(self.c.engine_info),
-                                                                                   **msg.metrics}))
+        if st.error:
+            return
+        if msg.metrics.get("error"):
+            await self.c.reply(st.client, p.Error(code="delivery_failed", stream=st.client_stream,
+                                                  message=f"the sink could not deliver: {msg.metrics['error']}"))
+            return
+        # The coordinator's own figures win where both name one (audio_s, blocks, ...).
+        metrics = {**msg.metrics, **st.metrics(self.c.engine_info)}
+        await self.c.reply(st.client, p.Done(stream=st.client_stream, metrics=metrics))
 
     # -- failure -------------------------------------------------------------
 
@@ -302,7 +341,7 @@ class StreamRequests:
         if not st.cancelled:
             st.epoch += 1
             await self.c.pool.cancel(st.sid, st.epoch)
-        self.c.backlog = [ch for ch in self.c.backlog if ch.stream != st.sid]
+        self.c.backlog = [(t, ch) for t, ch in self.c.backlog if ch.stream != st.sid]
         if not st.closed:
             await self._close(st, error=code)
         self._forget(st)
@@ -319,5 +358,7 @@ class StreamRequests:
 
     def _forget(self, st: StreamState) -> None:
         self.c.streams.pop(st.sid, None)
+        if st.deliver.startswith("wav:"):
+            self.wav_paths.discard(st.deliver[4:])
         if self.by_client.get((st.client, st.client_stream)) is st:
             del self.by_client[(st.client, st.client_stream)]

@@ -48,7 +48,7 @@ class StreamState:
         return {
             "ttfa_ms": round(ttfa, 3) if ttfa is not None else None,
             "rtf": round(elapsed / audio_s, 4) if audio_s else None,
-            "audio_s": round(audio_s, 4),
+            "audio_s": round(audio_s, 6),
             "chunks": self.chunks,
             "blocks": self.blocks,
             "blocks_dropped_slow_client": self.blocks_dropped,

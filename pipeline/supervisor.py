@@ -82,10 +82,14 @@ class Supervisor:
         """Run until SIGINT/SIGTERM, then stop everything in order."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
-        self.start()
         try:
+            self.start()
             while not self.stop_requested:
                 self.reconcile()
+                if any(m.given_up for m in self.processes if m.name in ("coordinator", "sink")):
+                    log.critical("the %s cannot run: stopping the service",
+                                 " and ".join(m.name for m in self.processes if m.given_up))
+                    break
                 time.sleep(poll_s)
         finally:
             self.stop()

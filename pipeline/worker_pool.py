@@ -54,7 +54,10 @@ class WorkerPool:
 
     def ready(self, identity: bytes, msg: Ready) -> None:
         old = self.workers.get(identity)
-        if old is not None and old.ready.pid != msg.pid:
+        if old is not None and old.ready.pid == msg.pid:  # a repeated handshake: same process, same work
+            old.last_beat = time.monotonic()
+            return
+        if old is not None:
             self.mark_dead(old, "replaced by a new process with the same name")
         worker = WorkerHandle(identity, msg, time.monotonic())
         self.workers[identity] = worker

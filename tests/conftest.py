@@ -10,10 +10,7 @@ import pytest
 
 from pipeline.service_process import ServiceProcess
 
-try:  # the tiny synthetic XTTS checkpoint, made once per session
-    from tests.xtts_support import tiny_checkpoint  # noqa: F401
-except ImportError:  # pragma: no cover - while the XTTS support module is absent
-    pass
+from xtts_support import tiny_checkpoint  # noqa: F401  (the tiny synthetic XTTS checkpoint, once per session)
 
 
 @pytest.fixture(scope="session")

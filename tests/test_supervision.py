@@ -172,4 +172,8 @@ def test_coordinator_death_fails_streams_fast_and_clients_reconnect(tmp_path):
         out, noticed, again = run(go())
         assert out.error is not None and out.error.code == "connection_lost"
         assert noticed < 2.0
-        assert again.error is None and again.metrics["audio_s"] > 0.3
+        # The new coordinator's stream must get its own audio, not a stale stream's state or pieces.
+        assert again.error is None and again.blocks, again
+        again.assert_in_order()
+        assert sum(b.sample_count for b in again.blocks) == round(again.metrics["audio_s"] * again.sample_rate)
+        assert again.metrics["audio_s"] < 3.0, "more audio than 'Back again.' holds: another stream's words"

@@ -31,6 +31,8 @@ from .faults import Faults
 
 log = logging.getLogger("xtts_stream.worker")
 
+MAX_CANCEL_MARKS = 10_000  # streams whose cancel watermark is remembered (oldest forgotten first)
+
 
 class WorkerIO(threading.Thread):
     """Moves frames between sockets and the synthesis loop's queues."""
@@ -98,6 +100,8 @@ class SynthesisLoop:
         self.chunks_seen = 0
         self._last_beat = 0.0
         self._sent: dict[tuple, list[p.AudioPiece]] = {}
+        self._cancelled_below: dict[str, int] = {}
+        self._streams: set[str] = set()  # streams with work here since the engine was last idle
 
     def run(self) -> None:
         while not self.stop_requested:
@@ -107,6 +111,8 @@ class SynthesisLoop:
             if self.engine.has_work():
                 for out in self.engine.step():
                     self._send_result(out)
+            else:
+                self._streams.clear()
             self._beat()
 
     def _take_messages(self, block: bool) -> None:
@@ -128,10 +134,16 @@ class SynthesisLoop:
         if isinstance(msg, p.SynthChunk):
             self._accept_chunk(msg)
         elif isinstance(msg, p.CancelStream):
+            self._remember_cancel(msg.stream, msg.below_epoch)
             dropped = self.engine.cancel(msg.stream, msg.below_epoch)
             log.debug("cancelled stream %s below epoch %d: %d job(s) dropped", msg.stream, msg.below_epoch, dropped)
         elif isinstance(msg, p.Hello):
-            log.info("a new coordinator (pid %d) asks for the handshake", msg.coordinator_pid)
+            # The new coordinator owns none of the old one's streams: their audio would go nowhere.
+            for stream in self._streams:
+                self.engine.cancel(stream)
+            log.info("a new coordinator (pid %d) asks for the handshake; %d old stream(s) dropped",
+                     msg.coordinator_pid, len(self._streams))
+            self._streams.clear()
             self.io.send(self.ready)
         elif isinstance(msg, p.Shutdown):
             if self.faults.ignore_shutdown:
@@ -142,7 +154,19 @@ class SynthesisLoop:
         else:
             log.warning("unexpected %s from the coordinator; ignored", type(msg).__name__)
 
+    def _remember_cancel(self, stream: str, below_epoch: int) -> None:
+        """Control is applied before the chunks that arrived with it, so a chunk of a
+        cancelled epoch can come after its cancel: the watermark drops it then."""
+        self._cancelled_below[stream] = max(below_epoch, self._cancelled_below.get(stream, 0))
+        while len(self._cancelled_below) > MAX_CANCEL_MARKS:
+            del self._cancelled_below[next(iter(self._cancelled_below))]
+
     def _accept_chunk(self, msg: p.SynthChunk) -> None:
+        if msg.epoch < self._cancelled_below.get(msg.stream, 0):
+            log.debug("dropping chunk %d of stream %s: its epoch %d was cancelled", msg.chunk_index, msg.stream,
+                      msg.epoch)
+            return
+        self._streams.add(msg.stream)
         self.chunks_seen += 1
         if self.faults.exit_after and self.chunks_seen > self.faults.exit_after:
             log.error("exiting abruptly (fault injection)")
