@@ -301,7 +301,7 @@ def test_the_overlapped_vocoder_path_on_fake_streams(tiny_checkpoint, monkeypatc
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None, raising=False)
     monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **k: empty(*a, **k))
     eng = engine(tiny_checkpoint, slots=8)
-    eng.overlap, eng.voc_stream, eng.vocoder.batch_sizes = True, _FakeCuda(), (1, 2, 4, 8)
+    eng.pieces.overlap, eng.pieces.voc_stream, eng.vocoder.batch_sizes = True, _FakeCuda(), (1, 2, 4, 8)
     eng.add(chunk_job("a", 0, 30))
     alone, _ = steps_to_first_piece(eng, "a")
     drain(eng)

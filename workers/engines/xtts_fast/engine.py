@@ -10,10 +10,9 @@ everything runs in order, in fp32 or the configured dtype, and pieces come back
 from the same step.
 
 While a first chunk waits for its first piece, later chunks wait for admission
-and vocoder time (`scheduling.FirstPiecesFirst`). A piece always ends at its
-boundary (`first_piece_tokens`, then every `piece_tokens`), also when it was
-held back and more latents exist, so holding changes when audio comes, never
-what it is.
+and vocoder time (`scheduling.FirstPiecesFirst`); `pieces.PieceDispatcher` cuts
+and returns the pieces. Each step's decode is launched before the previous one
+is read back, so the host never holds the GPU up with a per-step sync.
 """
 
 from __future__ import annotations
@@ -26,15 +25,16 @@ from typing import Any, Callable
 
 import torch
 
-from workers.engines.base import EngineInfo, JobFailed, PieceOut, SynthJob, to_pcm16
+from workers.engines.base import EngineInfo, JobFailed, PieceOut, SynthJob
 from workers.engines.xtts_fast.batcher import Batcher, Running
 from workers.engines.xtts_fast.frames import FrameChain
 from workers.engines.xtts_fast.gpt_decoder import GptDecoder, device_tensor
 from workers.engines.xtts_fast.graphs import DecodeRunner
 from workers.engines.xtts_fast.sampling import Sampler, SamplingParams
+from workers.engines.xtts_fast.pieces import PieceDispatcher
 from workers.engines.xtts_fast.scheduling import FirstPiecesFirst
 from workers.engines.xtts_fast.vocoder import (
-    IncrementalVocoder, PieceAudio, PieceRequest, VocoderSettings, VocoderStream, fold_weight_norm, window_widths,
+    IncrementalVocoder, VocoderSettings, VocoderStream, fold_weight_norm, window_widths,
 )
 
 log = logging.getLogger("xtts_stream.xtts_fast")
@@ -70,17 +70,6 @@ class FastSettings:
 
 
 @dataclass
-class _Pending:
-    """Vocoder work launched but not yet returned."""
-
-    runs: list[Running]
-    audio: list[PieceAudio]
-    host: list[torch.Tensor]
-    done: torch.cuda.Event | None
-    urgent: bool = False  # holds first pieces of first chunks
-
-
-@dataclass
 class _Decoding:
     """A prefill or decode step launched but not yet read back: its rows (None: rode along) and their stop flags."""
 
@@ -101,7 +90,6 @@ class FastXttsEngine:
         self.settings = settings or FastSettings.for_device(self.device)
         self.cuda = self.device.type == "cuda"
         s = self.settings
-        self.overlap = self.cuda and s.overlap_vocoder
         self.model = model.to(self.device)
         gpt = model.gpt
         # Only what the decode loop runs goes to half precision; the conditioning encoders
@@ -126,12 +114,11 @@ class FastXttsEngine:
         self.default_language = default_language
         self.languages = {lang.split("-")[0] for lang in getattr(model.config, "languages", []) or []}
         self._voice_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._pending: list[_Pending] = []
+        self.pieces = PieceDispatcher(self.vocoder, self.device, self.cuda and s.overlap_vocoder)
         self._launched: list[_Decoding] = []  # prefill and decode steps of this step(), in launch order
         self._decoding: list[_Decoding] = []  # those of the last step(), not read back yet
         self._failed: list[JobFailed] = []
         self.graph_error: str | None = None
-        self.voc_stream = torch.cuda.Stream(self.device) if self.overlap else None
         self.info = EngineInfo(
             engine="xtts-fast", model=model_name, sample_rate=int(self.args.output_sample_rate),
             dtype=DTYPE_NAMES[dtype], device=str(self.device),
@@ -152,18 +139,23 @@ class FastXttsEngine:
             self.batcher.compact(self._move)
         return dropped + len(running)
 
+    @property
+    def overlap(self) -> bool:
+        """Whether the vocoder runs on its own CUDA stream, overlapping decode steps."""
+        return self.pieces.overlap
+
     def has_work(self) -> bool:
-        return (self.batcher.has_work() or bool(self._pending) or bool(self._failed)
+        return (self.batcher.has_work() or self.pieces.has_pending() or bool(self._failed)
                 or bool(self._decoding))
 
     def step(self) -> list[PieceOut | JobFailed]:
         out: list[PieceOut | JobFailed] = self._failed
         self._failed = []
-        if any(p.urgent for p in self._pending) and not self.policy.first_audio_pending(self.batcher):
+        if self.pieces.first_pieces_pending() and not self.policy.first_audio_pending(self.batcher):
             # A listener waits for this first audio and no other first chunk needs the step:
             # hand it over now rather than after another decode step (and maybe the prefill
             # of later chunks); the caller steps again at once.
-            return out + self._collect(urgent_only=True)
+            return out + self.pieces.collect(urgent_only=True)
         hold = self.policy.hold(self.batcher)
         # Launch this step's prefill and decode before reading the last step's back: the GPU
         # never waits for the host's bookkeeping, and the host waits only for the step before.
@@ -173,14 +165,14 @@ class FastXttsEngine:
         if decoding is not None:
             self._launched.append(decoding)
         previous, self._decoding = self._decoding, self._launched
-        if self.overlap and decoding is not None:
-            out += self._collect()  # last step's vocoder work overlapped this decode
+        if self.pieces.overlap and decoding is not None:
+            out += self.pieces.collect()  # last step's vocoder work overlapped this decode
         for launched in previous:
             self._confirm(launched)
-        self._launch_pieces(hold)
+        self.pieces.launch(self.batcher.running, self.latents, hold)
         self.batcher.compact(self._move)
-        if not self.overlap or decoding is None:
-            out += self._collect()
+        if not self.pieces.overlap or decoding is None:
+            out += self.pieces.collect()
         return out
 
     def warm_up(self) -> None:
@@ -216,7 +208,7 @@ class FastXttsEngine:
         return count
 
     def close(self) -> None:
-        self._pending.clear()
+        self.pieces.clear()
         self._decoding = []
         self.batcher = Batcher(self.settings.slots)
         del self.decoder.k_cache, self.decoder.v_cache, self.latents
@@ -380,91 +372,6 @@ class FastXttsEngine:
             self.sampler.move(src, dst)
             self.latents[dst, : run.count] = self.latents[src, : run.count]
             self.runner.tokens[dst] = self.runner.tokens[src]
-
-    # -- pieces -------------------------------------------------------------------------
-
-    def _launch_pieces(self, hold: bool) -> None:
-        """Send every job at a piece boundary to the vocoder; first pieces of first chunks go in a call of their own."""
-        urgent: list[PieceRequest] = []
-        other: list[PieceRequest] = []
-        for run in self.batcher.running:
-            if run.cancelled or run.final_launched or (hold and not run.first_chunk):
-                continue
-            target = self._piece_target(run)
-            if target is None:
-                continue
-            known, final = target
-            stream: VocoderStream = run.state  # type: ignore[assignment]
-            lo = self.vocoder.latents_from(stream, known)
-            with torch.inference_mode():
-                req = self.vocoder.plan(stream, self.latents[run.slot, lo:known], lo, known, final, tag=run)
-            if req is None:
-                run.next_piece_at = known + 1
-                continue
-            (urgent if run.awaits_first_piece else other).append(req)
-            run.pieces_launched += 1
-            run.final_launched = final
-            run.next_piece_at = known + run.piece_tokens
-        if urgent:
-            self._run_vocoder(urgent, urgent=True)
-        if other:
-            self._run_vocoder(other, urgent=False)
-
-    @staticmethod
-    def _piece_target(run: Running) -> tuple[int, bool] | None:
-        """(latents the next piece covers, whether it is the last), or None before the next boundary.
-
-        One piece per step: a job that was held back catches up boundary by boundary, so
-        its pieces (and the vocoder's window widths) are the same as if it never waited.
-        """
-        if run.finished and run.next_piece_at >= run.confirmed:
-            return run.confirmed, True
-        if run.confirmed >= run.next_piece_at:
-            return run.next_piece_at, False
-        return None
-
-    def _run_vocoder(self, requests: list[PieceRequest], urgent: bool) -> None:
-        tags = [r.tag for r in requests]
-        if not self.overlap:
-            audio = self.vocoder.run(requests)
-            self._pending.append(_Pending(tags, [replace(a, samples=a.samples.cpu()) for a in audio], [], None, urgent))
-            return
-        main = torch.cuda.current_stream(self.device)
-        self.voc_stream.wait_stream(main)
-        for req in requests:  # made on the main stream, read on the vocoder stream
-            req.frames.record_stream(self.voc_stream)
-        with torch.cuda.stream(self.voc_stream):
-            audio = self.vocoder.run(requests)
-            host = [torch.empty(a.samples.shape[0], dtype=torch.float32, pin_memory=True) for a in audio]
-            for h, a in zip(host, audio):
-                h.copy_(a.samples, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(self.voc_stream)
-        self._pending.append(_Pending(tags, audio, host, done, urgent))
-
-    def _collect(self, urgent_only: bool = False) -> list[PieceOut | JobFailed]:
-        """Return launched pieces; `urgent_only`: just up to the last call holding first pieces.
-
-        Vocoder calls finish in launch order (one stream), so a prefix of the list is
-        what an urgent call's wait makes ready, and a job's pieces stay in order.
-        """
-        take = len(self._pending)
-        if urgent_only:
-            take = max(i + 1 for i, p in enumerate(self._pending) if p.urgent)
-        ready, self._pending = self._pending[:take], self._pending[take:]
-        out: list[PieceOut | JobFailed] = []
-        for pending in ready:
-            if pending.done is not None:
-                pending.done.synchronize()
-            for i, (run, audio) in enumerate(zip(pending.runs, pending.audio)):
-                if run.cancelled:
-                    continue
-                samples = pending.host[i] if pending.host else audio.samples
-                out.append(PieceOut(job=run.job, piece_index=run.piece_index, sample_offset=audio.offset,
-                                    samples=to_pcm16(samples.numpy()), final=audio.final))
-                run.piece_index += 1
-        return out
-
 
 def build_xtts_fast(service_settings: Any, checkpoint_dir: str | Path | None = None,
                     **overrides: Any) -> FastXttsEngine:
