@@ -181,3 +181,25 @@ class VoiceCache:
     def _on_device(self, gpt_cond_latent: torch.Tensor, speaker_embedding: torch.Tensor, source: str) -> VoiceLatents:
         device = self.model.device
         return VoiceLatents(gpt_cond_latent.to(device), speaker_embedding.to(device), source)
+
+
+def load_for_service(service: Any, checkpoint_dir: str | Path | None) -> tuple[Path, Any, Any, "VoiceCache"]:
+    """What both XTTS engines start from: the checkpoint found, the model loaded in
+    fp32 on the service's device, and the default voice's latents ready."""
+    from .base import EngineError
+    from .xtts_model import CheckpointError, find_checkpoint, load_xtts
+
+    try:
+        path = find_checkpoint(checkpoint_dir or service.checkpoint or None)
+        if path is None:
+            raise EngineError("no XTTS checkpoint configured or found (set service.checkpoint or "
+                              "XTTS_STREAM_CHECKPOINT, or make one with `xtts-stream make-synthetic`)")
+        model, config = load_xtts(path, device=service.device, dtype="fp32")
+    except CheckpointError as exc:
+        raise EngineError(str(exc)) from exc
+    cache = VoiceCache(model, path, cache_dir=service.cache_dir or None, default_voice=service.voice)
+    try:
+        cache.get("")
+    except VoiceError as exc:
+        raise EngineError(str(exc)) from exc
+    return path, model, config, cache

@@ -27,8 +27,8 @@ from transformers import LogitsProcessorList
 from workers.engines.base import EngineError, EngineInfo, JobFailed, PieceOut, SynthJob, to_pcm16
 from workers.engines.job_queue import JobQueue, is_cancelled
 from workers.engines.length_policy import ForcedLengthProcessor, forced_tokens
-from workers.engines.voices import VoiceCache, VoiceError
-from workers.engines.xtts_model import CheckpointError, dtype_name, find_checkpoint, load_xtts
+from workers.engines.voices import VoiceCache, VoiceError, load_for_service
+from workers.engines.xtts_model import dtype_name
 
 log = logging.getLogger(__name__)
 
@@ -218,19 +218,7 @@ def build_xtts_stock(service: Any, checkpoint_dir: str | Path | None = None) -> 
     `checkpoint_dir` wins over `service.checkpoint`; without either, coqui's own
     download is used if present. Raises EngineError when no checkpoint is found.
     """
-    try:
-        path = find_checkpoint(checkpoint_dir or service.checkpoint or None)
-        if path is None:
-            raise EngineError("no XTTS checkpoint configured or found (set service.checkpoint or "
-                              "XTTS_STREAM_CHECKPOINT, or make one with `xtts-stream make-synthetic`)")
-        if service.dtype not in ("auto", "fp32"):
-            raise EngineError(f"stock XTTS inference only runs in fp32; dtype '{service.dtype}' is for the fast path")
-        model, config = load_xtts(path, device=service.device, dtype="fp32")
-    except CheckpointError as exc:
-        raise EngineError(str(exc)) from exc
-    voices = VoiceCache(model, path, cache_dir=service.cache_dir or None, default_voice=service.voice)
-    try:
-        voices.get("")
-    except VoiceError as exc:
-        raise EngineError(str(exc)) from exc
+    if service.dtype not in ("auto", "fp32"):
+        raise EngineError(f"stock XTTS inference only runs in fp32; dtype '{service.dtype}' is for the fast path")
+    path, model, config, voices = load_for_service(service, checkpoint_dir)
     return StockXttsEngine(model, config, path, voices, default_language=service.language)

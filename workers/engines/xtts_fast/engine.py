@@ -381,25 +381,12 @@ def build_xtts_fast(service_settings: Any, checkpoint_dir: str | Path | None = N
     in the configured dtype (auto: fp16 on CUDA, fp32 on the CPU). `overrides` set
     FastSettings fields (slots, max_len, use_graphs, ...).
     """
-    from workers.engines.base import EngineError
-    from workers.engines.voices import VoiceCache, VoiceError
-    from workers.engines.xtts_model import CheckpointError, find_checkpoint, load_xtts, resolve_device, resolve_dtype
+    from workers.engines.voices import load_for_service
+    from workers.engines.xtts_model import resolve_device, resolve_dtype
 
-    try:
-        path = find_checkpoint(checkpoint_dir or service_settings.checkpoint or None)
-        if path is None:
-            raise EngineError("no XTTS checkpoint configured or found (set service.checkpoint or "
-                              "XTTS_STREAM_CHECKPOINT, or make one with `xtts-stream make-synthetic`)")
-        device = resolve_device(service_settings.device)
-        dtype = resolve_dtype(service_settings.dtype, device)
-        model, _config = load_xtts(path, device=device, dtype="fp32")
-    except CheckpointError as exc:
-        raise EngineError(str(exc)) from exc
-    cache = VoiceCache(model, path, cache_dir=service_settings.cache_dir or None, default_voice=service_settings.voice)
-    try:
-        cache.get("")
-    except VoiceError as exc:
-        raise EngineError(str(exc)) from exc
+    device = resolve_device(service_settings.device)
+    dtype = resolve_dtype(service_settings.dtype, device)
+    path, model, _config, cache = load_for_service(service_settings, checkpoint_dir)
 
     def voices(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         latents = cache.get(name)
