@@ -85,12 +85,16 @@ BENCHES = {"chunker": bench_chunker, "engine": bench_engine, "service": bench_se
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("which", nargs="*", choices=[*BENCHES, "all"], help="default: all")
+    # No `choices` here: argparse checks an empty nargs="*" list against them and fails.
+    ap.add_argument("which", nargs="*", help=f"any of {', '.join(BENCHES)}, all (default: all)")
     ap.add_argument("--tiny", action="store_true", help="small models and counts, on whatever device is present")
     ap.add_argument("--checkpoint", default=None, help="XTTS checkpoint for the engine and service benches")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     args.which = args.which or ["all"]
+    unknown = set(args.which) - {*BENCHES, "all"}
+    if unknown:
+        ap.error(f"unknown benchmark(s) {sorted(unknown)}; valid: {', '.join(BENCHES)}, all")
     which = list(BENCHES) if "all" in args.which else args.which
     if "all" in args.which and not args.tiny:
         which.remove("soak")  # long: run it by name
