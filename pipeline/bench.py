@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"{'-'.join(which)}-{_slug(device)}{'-tiny' if args.tiny else ''}-{dt.date.today().isoformat()}"
     path = args.out / f"{stem}.json"
     path.write_text(json.dumps(report, indent=2, sort_keys=True))
+    (args.out / "service-partial.json").unlink(missing_ok=True)  # the whole report now holds it
     _plot(report, args.out / f"{stem}.png")
     print(json.dumps(_summary(report), indent=2))
     print(f"bench: wrote {path}", file=sys.stderr)
