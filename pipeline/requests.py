@@ -144,6 +144,8 @@ class StreamRequests:
         """A speaker name, or a reference file inside voices_dir: a client never names an arbitrary file."""
         if not msg.voice:
             return self.c.settings.service.voice
+        if self.c.engine_info.get("engine") == "piper":
+            raise RequestError("bad_voice", "the Piper engine has one voice; leave voice empty", msg.stream)
         if "/" not in msg.voice and "\\" not in msg.voice and not msg.voice.endswith(".wav"):
             return msg.voice
         path = _inside(self.c.settings.service.voices_dir, msg.voice)

@@ -126,6 +126,7 @@ def _header(**fields) -> bytes:
     ([b"speak", _header(stream="s", text="hi", deliver="wav:../../owned.wav")], "bad_deliver"),
     ([b"speak", _header(stream="s", text="hi", deliver="tape")], "bad_deliver"),
     ([b"speak", _header(stream="s", text="hi", voice="/etc/passwd")], "bad_voice"),
+    ([b"speak", _header(stream="s", text="hi", voice="Synthetic Voice A")], "bad_voice"),
     ([b"speak", _header(stream="s", text="hi", voice="../../x.wav")], "bad_voice"),
     ([b"append", _header(stream="nope", text="hi")], "unknown_stream"),
     ([b"ready", _header(worker="w", engine="e", model="m", sample_rate=1, dtype="d", device="d", pid=1)], "bad_request"),

@@ -122,10 +122,20 @@ class Sink:
         if msg.stream in self.streams or msg.stream in self.draining:
             log.warning("%s: stream '%s' is already open; ignoring the second SinkOpen", self.name, msg.stream)
             return
+        self._drop_orphans(_owner(msg.stream))
         stream = SinkStream(msg)
         self.streams[msg.stream] = stream
         log.info("%s: stream '%s' open (deliver=%s, %d Hz, prebuffer %d ms)%s", self.name, msg.stream,
                  msg.deliver, msg.sample_rate, msg.prebuffer_ms, f": {stream.error}" if stream.error else "")
+
+    def _drop_orphans(self, owner: str | None) -> None:
+        """Streams of an earlier coordinator (ids are "<coordinator pid>.<n>") will never
+        be closed by anyone: the first stream of a new coordinator releases them."""
+        if owner is None:
+            return
+        for key in [k for k in self.streams if _owner(k) not in (None, owner)]:
+            log.warning("%s: releasing stream '%s' of a coordinator that is gone", self.name, key)
+            self.streams.pop(key).release()
 
     def _on_block(self, msg: AudioBlock, frames: list[Any], arrival: float) -> None:
         stream = self.streams.get(msg.stream)
@@ -243,6 +253,10 @@ class Sink:
                 os.unlink(self._ctl_file)
         except OSError as exc:
             log.debug("%s: leaving %s: %s", self.name, self._ctl_file, exc)
+
+
+def _owner(stream: str) -> str | None:
+    return stream.split(".", 1)[0] if "." in stream else None
 
 
 def claim_ipc_path(endpoint: str) -> str | None:
