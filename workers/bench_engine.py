@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="auto", help="fast path dtype: auto (fp16 on CUDA) | fp16 | bf16 | fp32")
     ap.add_argument("--budget-s", type=float, default=None, help="total time budget after the checkpoint is ready")
     ap.add_argument("--skip-stock", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a FastSettings field for the fast path, e.g. max_prefills_per_step=128 (repeatable)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (default: 1 with --tiny, which is ~10x faster on a busy 2-core box)")
     args = ap.parse_args(argv)
@@ -120,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
 
     fast_args = (checkpoint, env, p, SENTENCE, chunks, STREAM_TEXT, text_of_length, PREBUFFER_MS)
     t = time.perf_counter()
-    for attempt, overrides in enumerate(({}, {"use_graphs": False, "overlap_vocoder": False})):
+    chosen = {k: int(v) if v.isdigit() else v for k, _, v in (s.partition("=") for s in args.set)}
+    for attempt, fallback in enumerate(({}, {"use_graphs": False, "overlap_vocoder": False})):
+        overrides = {**chosen, **fallback}
         stage = br.Clock(max(30.0, budget.left()))
         try:
             report["fast"] = br.bench_fast(*fast_args, overrides=overrides, clock=stage, log=log)
