@@ -31,7 +31,7 @@ from typing import Any
 import zmq
 
 from pipeline.codec import DecodeError, decode, encode
-from pipeline.protocol import AudioBlock, Message, Shutdown, SinkClose, SinkDone, SinkOpen
+from pipeline.protocol import AudioBlock, Shutdown, SinkClose, SinkDone, SinkOpen
 from workers.sink_stream import SinkStream
 
 log = logging.getLogger("xtts_stream.sink")
