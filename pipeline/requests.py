@@ -111,12 +111,7 @@ class StreamRequests:
         if limits and base_language(language) not in limits:
             raise RequestError("bad_language", f"language '{language}' is not supported by this engine; "
                                f"valid: {', '.join(sorted(limits))}", msg.stream)
-        deliver = self._deliver(msg)
-        voice = self._voice(msg)
-        st = self._new_stream(identity, msg, profile, language, limits)
-        st.deliver, st.voice = deliver, voice
-        if deliver.startswith("wav:"):
-            self.wav_paths.add(deliver[4:])
+        st = self._new_stream(identity, msg, profile, language, limits, self._deliver(msg), self._voice(msg))
         if not await self.c.send_sink(p.SinkOpen(stream=st.sid, sample_rate=st.sample_rate,
                                                  prebuffer_ms=profile.prebuffer_ms, block_ms=profile.block_ms,
                                                  deliver=st.deliver, t_accept=st.t_accept),
@@ -154,7 +149,7 @@ class StreamRequests:
                                "voices_dir", msg.stream)
         return str(path)
 
-    def _new_stream(self, identity, msg, profile, language, limits) -> StreamState:
+    def _new_stream(self, identity, msg, profile, language, limits, deliver: str, voice: str) -> StreamState:
         self._next_sid += 1
         # Unique across coordinator restarts: a stale stream of a dead coordinator,
         # still known to a worker or the sink, can never be mistaken for a new one.
@@ -162,11 +157,13 @@ class StreamRequests:
         rate = self.c.sample_rate
         block_samples = max(1, rate * profile.block_ms // 1000)
         st = StreamState(sid=sid, client=identity, client_stream=msg.stream, profile=profile, language=language,
-                         voice=msg.voice or self.c.settings.service.voice, deliver=msg.deliver,
+                         voice=voice, deliver=deliver,
                          chunker=Chunker(profile, language, stream=sid, char_limits=limits or None),
                          reassembler=Reassembler(sid, block_samples), sample_rate=rate)
         self.c.streams[sid] = st
         self.by_client[(identity, msg.stream)] = st
+        if deliver.startswith("wav:"):
+            self.wav_paths.add(deliver[4:])
         log.debug("stream %s opened for client %s stream %r (profile %s)", sid, identity.hex(), msg.stream, profile.name)
         return st
 
