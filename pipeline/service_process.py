@@ -47,15 +47,13 @@ class ServiceProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"service exited with code {self.proc.returncode} before it was ready; "
                                        f"log:\n{self.log_tail()}")
-                try:
-                    reply = client.status(timeout_s=1.0)
-                except ServiceUnavailable:
-                    continue
-                if reply.state.get("serving"):
+                try:  # in one-second slices, so a service that exits is noticed
+                    client.wait_ready(timeout_s=1.0)
                     return
-                if not reply.healthy:
-                    raise RuntimeError(f"service is unhealthy (a process keeps failing); log:\n{self.log_tail()}")
-                time.sleep(0.1)
+                except ServiceUnavailable as exc:
+                    if exc.code == "unhealthy":
+                        raise RuntimeError(f"service is unhealthy (a process keeps failing); "
+                                           f"log:\n{self.log_tail()}") from None
         raise RuntimeError(f"service not ready within {self.ready_timeout_s:.0f} s; log:\n{self.log_tail()}")
 
     def log_tail(self, chars: int = 4000) -> str:
