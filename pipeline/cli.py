@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--config", default=None, help="your TOML file (profiles, service overrides)")
     ap.add_argument("--endpoint", default=None, help="client endpoint, e.g. tcp://127.0.0.1:5555 or ipc:///tmp/x.sock")
-    ap.add_argument("--engine", choices=("auto", "piper", "xtts"), default=None)
+    ap.add_argument("--engine", choices=("auto", "piper", "xtts", "null"), default=None)
     ap.add_argument("--checkpoint", default=None, help="XTTS-v2 checkpoint directory")
     ap.add_argument("--xtts-path", choices=("fast", "stock"), default=None)
     ap.add_argument("--device", default=None)

@@ -10,8 +10,11 @@
     async for block in stream: ...
 
 One DEALER socket per client carries any number of concurrent streams; a
-reader task routes replies to each stream's queue. Imports neither torch nor
-coqui-tts. `SyncClient` wraps the same for blocking code.
+reader task routes replies to each stream's queue. The service sends audio in
+spans of any length; iterating an utterance re-cuts them into the profile's
+blocks (`spans()` gives them as they came, `messages()` with the chunk events).
+Every call, sends included, gives up after ``timeout_s`` with a clear error.
+Imports neither torch nor coqui-tts. `SyncClient` wraps the same for blocking code.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import zmq
 import zmq.asyncio
@@ -49,9 +52,22 @@ class ServiceUnavailable(ServiceError):
 _END = object()
 
 
+@dataclass(slots=True)
+class Block:
+    """A fixed-size piece of a stream's audio (the profile's ``block_ms``; the last may be shorter)."""
+
+    stream: str
+    epoch: int
+    seq: int
+    sample_offset: int
+    sample_count: int
+    sample_rate: int
+    pcm: Any  # bytes-like s16le mono
+
+
 @dataclass
 class Utterance:
-    """One stream's replies: iterate for blocks; `metrics` is set once done."""
+    """One stream's replies: iterate for blocks (or `spans()` for the audio as it came); `metrics` is set once done."""
 
     client: "Client"
     stream: str
@@ -62,6 +78,8 @@ class Utterance:
     t_first_block: float | None = None
     cancelled: bool = False
     dropped_after_cancel: int = 0
+    chunks: list[p.ChunkInfo] = field(default_factory=list)  # which text each stretch of audio speaks
+    on_chunk: Callable[[p.ChunkInfo], Any] | None = None
     _finished: bool = False
 
     async def send(self, delta: str) -> None:
@@ -71,7 +89,7 @@ class Utterance:
         await self.client._send(p.End(stream=self.stream))
 
     async def cancel(self) -> None:
-        """Barge-in. Blocks already on their way are dropped here, so none is yielded after this."""
+        """Barge-in. Audio already on its way is dropped here, so none is yielded after this."""
         self.cancelled = True
         await self.client._send(p.Cancel(stream=self.stream))
 
@@ -79,10 +97,11 @@ class Utterance:
     def client_ttfa_ms(self) -> float | None:
         return (self.t_first_block - self.t_sent) * 1000 if self.t_first_block else None
 
-    def __aiter__(self) -> AsyncIterator[p.AudioBlock]:
+    def __aiter__(self) -> AsyncIterator[Block]:
         return self._blocks()
 
-    async def _blocks(self) -> AsyncIterator[p.AudioBlock]:
+    async def messages(self) -> AsyncIterator[p.Audio | p.ChunkInfo]:
+        """Audio spans and chunk events in the order they arrived, until done (an error is raised)."""
         while not self._finished:
             item = await self.client._next(self)
             if item is _END:
@@ -92,13 +111,41 @@ class Utterance:
                 self._finished = True
                 raise item
             if self.cancelled:
-                self.dropped_after_cancel += 1
+                self.dropped_after_cancel += isinstance(item, p.Audio)
                 continue
             yield item
 
+    async def spans(self) -> AsyncIterator[p.Audio]:
+        """The audio as the service sent it: contiguous spans of any length."""
+        async for item in self.messages():
+            if isinstance(item, p.Audio):
+                yield item
+
+    async def _blocks(self) -> AsyncIterator[Block]:
+        """Spans re-cut into the profile's blocks."""
+        carry = b""
+        seq = offset = 0
+        size = rate = epoch = 0
+        async for span in self.spans():
+            size = (self.accepted.block_samples if self.accepted else 0) or span.sample_count
+            rate, epoch = span.sample_rate, span.epoch
+            data = memoryview(carry + bytes(span.pcm)) if carry else memoryview(span.pcm)
+            step = size * p.BYTES_PER_SAMPLE
+            whole = len(data) // step * step
+            for start in range(0, whole, step):
+                if self.cancelled:  # the rest of this span too: nothing after cancel()
+                    break
+                yield Block(self.stream, epoch, seq, offset, size, rate, data[start:start + step])
+                seq += 1
+                offset += size
+            carry = bytes(data[whole:])
+        if carry and not self.cancelled:
+            count = len(carry) // p.BYTES_PER_SAMPLE
+            yield Block(self.stream, epoch, seq, offset, count, rate, carry)
+
     async def collect(self) -> bytes:
         """All the audio as one PCM byte string (s16le at ``accepted.sample_rate``)."""
-        return b"".join([bytes(block.pcm) async for block in self])
+        return b"".join([bytes(span.pcm) async for span in self.spans()])
 
 
 class Client:
@@ -109,6 +156,9 @@ class Client:
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        # ZeroMQ heartbeats notice a service that vanished without closing the connection.
+        self.sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         if curve_server_key and curve_client_keys:
             self.sock.curve_serverkey = curve_server_key
             self.sock.curve_publickey, self.sock.curve_secretkey = curve_client_keys
@@ -121,6 +171,7 @@ class Client:
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._reader: asyncio.Task | None = None
         self._monitor: asyncio.Task | None = None
+        self._watchers: set[asyncio.Task] = set()
 
     async def __aenter__(self) -> "Client":
         return self
@@ -129,7 +180,7 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        for task in (self._reader, self._monitor):
+        for task in (self._reader, self._monitor, *self._watchers):
             if task:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -141,28 +192,31 @@ class Client:
     def speak(self, text: str, profile: str = "", overrides: dict[str, Any] | None = None, language: str = "",
               voice: str = "", deliver: str = "client", stream: str | None = None) -> Utterance:
         utt = self._new(stream)
-        self._start(p.Speak(stream=utt.stream, text=text, profile=profile, overrides=overrides or {},
-                            language=language, voice=voice, deliver=deliver))
+        self._start(utt, p.Speak(stream=utt.stream, text=text, profile=profile, overrides=overrides or {},
+                                 language=language, voice=voice, deliver=deliver))
         return utt
 
     def open_stream(self, profile: str = "", overrides: dict[str, Any] | None = None, language: str = "",
                     voice: str = "", deliver: str = "client", stream: str | None = None) -> Utterance:
         utt = self._new(stream)
-        self._start(p.Open(stream=utt.stream, profile=profile, overrides=overrides or {}, language=language,
-                           voice=voice, deliver=deliver))
+        self._start(utt, p.Open(stream=utt.stream, profile=profile, overrides=overrides or {}, language=language,
+                                voice=voice, deliver=deliver))
         return utt
 
     async def status(self, timeout_s: float | None = None) -> p.StatusReply:
+        """The service's health and load; every step (the send too) within ``timeout_s``."""
+        timeout = timeout_s or self.timeout_s
+        deadline = time.monotonic() + timeout
         request = f"{self._prefix}-status-{next(self._ids)}"
         fut = asyncio.get_running_loop().create_future()
         self._status[request] = fut
         self._ensure_reader()
-        await self._send(p.Status(request=request))
         try:
-            return await asyncio.wait_for(fut, timeout_s or self.timeout_s)
+            await self._send(p.Status(request=request), timeout)
+            return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            raise ServiceUnavailable("timeout", f"no status reply from {self.endpoint} within "
-                                     f"{timeout_s or self.timeout_s:.1f} s (is the service running and ready?)") from None
+            raise ServiceUnavailable("timeout", f"no status reply from {self.endpoint} within {timeout:.1f} s "
+                                     "(is the service running and ready?)") from None
         finally:
             self._status.pop(request, None)
 
@@ -181,28 +235,46 @@ class Client:
                 return reply
             if not reply.healthy:
                 raise ServiceUnavailable("unhealthy", f"service at {self.endpoint} is unhealthy: {reply.state}")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     # -- internals -----------------------------------------------------------
 
     def _new(self, stream: str | None) -> Utterance:
         sid = stream or f"{self._prefix}-{next(self._ids)}"
-        if not 0 < len(sid) <= 200:
-            raise ValueError("a stream id must be 1 to 200 characters")
+        if not 0 < len(sid) <= p.MAX_ID_CHARS:
+            raise ValueError(f"a stream id must be 1 to {p.MAX_ID_CHARS} characters")
         if sid in self._streams:
             raise ValueError(f"stream id '{sid}' is already in use on this client")
         utt = Utterance(self, sid)
         self._streams[sid] = utt
         return utt
 
-    def _start(self, msg: p.Message) -> None:
-        # pyzmq's asyncio socket keeps sends in call order, so a later awaited
-        # send(delta) cannot overtake this open request.
+    def _start(self, utt: Utterance, msg: p.Message) -> None:
+        # The send is queued now, so a later awaited send(delta) cannot overtake it
+        # (pyzmq keeps sends in call order); a watcher bounds how long it may wait.
         self._ensure_reader()
-        self.sock.send_multipart(encode(msg), copy=False)
+        sending = self.sock.send_multipart(encode(msg), copy=False)
+        watcher = asyncio.get_running_loop().create_task(self._await_start(utt, sending))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
 
-    async def _send(self, msg: p.Message) -> None:
-        await self.sock.send_multipart(encode(msg), copy=False)
+    async def _await_start(self, utt: Utterance, sending: asyncio.Future) -> None:
+        try:
+            await asyncio.wait_for(sending, self.timeout_s)
+        except asyncio.TimeoutError:
+            self._streams.pop(utt.stream, None)
+            utt.queue.put_nowait(self._send_timeout(self.timeout_s))
+
+    async def _send(self, msg: p.Message, timeout_s: float | None = None) -> None:
+        timeout = timeout_s or self.timeout_s
+        try:
+            await asyncio.wait_for(self.sock.send_multipart(encode(msg), copy=False), timeout)
+        except asyncio.TimeoutError:
+            raise self._send_timeout(timeout) from None
+
+    def _send_timeout(self, timeout: float) -> ServiceUnavailable:
+        return ServiceUnavailable("timeout", f"could not send to {self.endpoint} within {timeout:.1f} s: no "
+                                  "connection (is the service running, and are the CURVE keys right?)")
 
     def _ensure_reader(self) -> None:
         if self._reader is None:
@@ -255,11 +327,16 @@ class Client:
             if isinstance(msg, p.Error):
                 self.unrouted_errors.append(ServiceError(msg.code, msg.message, msg.stream))
             return
-        if isinstance(msg, p.Accepted):
-            utt.accepted = msg
-        elif isinstance(msg, p.AudioBlock):
+        if isinstance(msg, p.Audio):
             utt.t_first_block = utt.t_first_block or time.monotonic()
             utt.queue.put_nowait(msg)
+        elif isinstance(msg, p.ChunkInfo):
+            utt.chunks.append(msg)
+            utt.queue.put_nowait(msg)
+            if utt.on_chunk is not None:
+                utt.on_chunk(msg)
+        elif isinstance(msg, p.Accepted):
+            utt.accepted = msg
         elif isinstance(msg, p.Done):
             utt.metrics = msg.metrics
             self._streams.pop(utt.stream, None)

@@ -2,8 +2,11 @@
 
 ``encode`` returns ``[kind, header, *pcm]``; PCM bytes are passed through as a
 separate frame (zero-copy with ``send_multipart(copy=False)``). ``decode``
-checks the version, every field's type and the PCM frame's length against the
-header, and raises `DecodeError` with a message fit to send back to a client.
+checks the version, every field's type and bound, and the PCM frame's length
+against the header, and raises `DecodeError` with a message fit to send back to
+a client. Bounds are checked before anything else looks at a value, and every
+error message quotes at most a few dozen characters of what it refuses, so a
+request's cost is linear in its size and its error reply is small.
 """
 
 from __future__ import annotations
@@ -14,47 +17,74 @@ from typing import Any, Sequence
 
 import msgpack
 
-from .protocol import BY_KIND, BYTES_PER_SAMPLE, PCM_FORMAT, PROTOCOL_VERSION, Message
+from .protocol import BY_KIND, BYTES_PER_SAMPLE, MAX_ID_CHARS, PCM_FORMAT, PROTOCOL_VERSION, Message
+
+# msgpack's own limits while unpacking: no header needs more, so a hostile one costs nothing to refuse.
+_UNPACK_LIMITS = dict(max_map_len=4096, max_array_len=4096, max_ext_len=0)
+_SHOWN = 40  # characters of a refused value quoted in an error
 
 
 class DecodeError(ValueError):
-    """Frames that are not a valid message; ``code`` is a stable machine-readable name."""
+    """Frames that are not a valid message; ``code`` is a stable machine-readable name, ``stream``
+    the stream the message named when it could be read."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, stream: str = ""):
         super().__init__(message)
         self.code = code
+        self.stream = stream
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float)) and not (isinstance(v, float) and v != v)
 
 
 _CHECKS = {
     "str": lambda v: isinstance(v, str),
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "int": _is_int,
     "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "bool": lambda v: isinstance(v, bool),
     "bytes": lambda v: isinstance(v, (bytes, bytearray, memoryview)),
     "dict[str, Any]": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
-    "dict[str, int]": lambda v: isinstance(v, dict) and all(
-        isinstance(k, str) and isinstance(x, int) for k, x in v.items()),
+    "dict[str, int]": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_int(x) for k, x in v.items()),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
 }
 _TYPE_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean",
-               "dict[str, Any]": "a map with string keys", "dict[str, int]": "a map of string to integer"}
+               "dict[str, Any]": "a map with string keys", "dict[str, int]": "a map of string to integer",
+               "list[str]": "a list of strings"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    name: str
+    type: str
+    required: bool
+    limit: int | None  # characters (str) or entries (map, list)
+    key_limit: int | None
+    scalar_limit: int | None  # set: map values must be scalars, strings at most this long
 
 
 @lru_cache(maxsize=None)
-def _schema(cls: type[Message]) -> tuple[tuple[str, str, bool], ...]:
-    """(name, type, required) per header field; the PCM field travels as a frame."""
+def _schema(cls: type[Message]) -> tuple[_Field, ...]:
+    """The header fields; the PCM field travels as a frame."""
     out = []
     for f in dataclasses.fields(cls):
         if f.name == cls.PCM_FIELD:
             continue
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        out.append((f.name, str(f.type), required))
+        meta = f.metadata
+        out.append(_Field(f.name, str(f.type), required, meta.get("max"), meta.get("key_max"),
+                          meta.get("scalar_max")))
     return tuple(out)
 
 
 def encode(msg: Message) -> list[Any]:
     header: dict[str, Any] = {"v": PROTOCOL_VERSION}
-    for name, _, _ in _schema(type(msg)):
-        header[name] = getattr(msg, name)
+    for f in _schema(type(msg)):
+        header[f.name] = getattr(msg, f.name)
     frames: list[Any] = [msg.KIND, msgpack.packb(header, use_bin_type=True)]
     if msg.PCM_FIELD:
         frames.append(getattr(msg, msg.PCM_FIELD))
@@ -64,63 +94,107 @@ def encode(msg: Message) -> list[Any]:
 def decode(frames: Sequence[Any]) -> Message:
     if len(frames) < 2:
         raise DecodeError("bad_frames", f"expected [kind, header, ...] frames, got {len(frames)} frame(s)")
-    kind = bytes(frames[0])
+    kind = bytes(frames[0]) if len(frames[0]) <= 64 else b"?" * 65
     cls = BY_KIND.get(kind)
     if cls is None:
-        shown = kind[:40].decode("ascii", "replace")
+        shown = kind[:_SHOWN].decode("ascii", "replace")
         raise DecodeError("unknown_kind", f"unknown message kind '{shown}'; valid: "
                           + ", ".join(sorted(k.decode() for k in BY_KIND)))
-    header = _unpack_header(bytes(frames[1]))
-    values = _checked_values(cls, header)
-    if cls.PCM_FIELD:
-        values[cls.PCM_FIELD] = _checked_pcm(cls, header, frames)
-    elif len(frames) != 2:
-        raise DecodeError("bad_frames", f"'{kind.decode()}' takes no extra frames, got {len(frames) - 2}")
+    header = _unpack_header(frames[1].buffer if hasattr(frames[1], "buffer") else frames[1])
+    stream = _stream_of(header)
+    try:
+        _check_version(header)
+        values = _checked_values(cls, header)
+        if cls.PCM_FIELD:
+            values[cls.PCM_FIELD] = _checked_pcm(cls, header, frames)
+        elif len(frames) != 2:
+            raise DecodeError("bad_frames", f"'{kind.decode()}' takes no extra frames, got {len(frames) - 2}")
+    except DecodeError as exc:
+        exc.stream = stream
+        raise
     return cls(**values)
 
 
-def _unpack_header(raw: bytes) -> dict[str, Any]:
+def _unpack_header(raw: Any) -> dict[str, Any]:
     try:
-        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
     except UnicodeDecodeError:
         raise DecodeError("bad_utf8", "a string in the header is not valid UTF-8") from None
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise DecodeError("bad_header", f"header is not a msgpack map: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise DecodeError("bad_header", f"header must be a msgpack map, got {type(header).__name__}")
-    version = header.get("v")
-    if version != PROTOCOL_VERSION:
-        raise DecodeError("bad_version", f"protocol version {version!r} is not supported; this service speaks {PROTOCOL_VERSION}")
     return header
+
+
+def _stream_of(header: dict[str, Any]) -> str:
+    """The stream a message names, when it is a plausible id: errors about the message name it too."""
+    stream = header.get("stream")
+    return stream if isinstance(stream, str) and 0 < len(stream) <= MAX_ID_CHARS else ""
+
+
+def _check_version(header: dict[str, Any]) -> None:
+    version = header.get("v")
+    if not _is_int(version) or version != PROTOCOL_VERSION:
+        shown = repr(version)[:_SHOWN] if _is_int(version) or isinstance(version, (str, float, bool)) or version is None \
+            else f"a {type(version).__name__}"
+        hint = " (version 1 sent fixed 25 ms `block` messages; see docs/protocol.md for what changed)" \
+            if version == 1 else ""
+        raise DecodeError("bad_version", f"protocol version {shown} is not supported; this service speaks "
+                          f"{PROTOCOL_VERSION} (an integer){hint}")
 
 
 def _checked_values(cls: type[Message], header: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     known = {"v"}
-    for name, type_name, required in _schema(cls):
-        known.add(name)
-        if name not in header:
-            if required:
-                raise DecodeError("missing_field", f"'{cls.KIND.decode()}' needs field '{name}'")
+    where = cls.KIND.decode()
+    for f in _schema(cls):
+        known.add(f.name)
+        if f.name not in header:
+            if f.required:
+                raise DecodeError("missing_field", f"'{where}' needs field '{f.name}'")
             continue
-        value = header[name]
-        if not _CHECKS[type_name](value):
-            raise DecodeError("bad_type", f"field '{name}' of '{cls.KIND.decode()}' must be "
-                              f"{_TYPE_NAMES.get(type_name, type_name)}, got {type(value).__name__}")
-        values[name] = float(value) if type_name == "float" else value
-    unknown = set(header) - known
-    if unknown:
-        raise DecodeError("unknown_field", f"unknown field(s) {sorted(map(str, unknown))} in '{cls.KIND.decode()}'")
+        value = header[f.name]
+        _check_bounds(f, value, where)
+        if not _CHECKS[f.type](value):
+            raise DecodeError("bad_type", f"field '{f.name}' of '{where}' must be "
+                              f"{_TYPE_NAMES.get(f.type, f.type)}, got {type(value).__name__}")
+        values[f.name] = float(value) if f.type == "float" else value
+    if len(header) > len(known) or not set(header) <= known:
+        unknown = sorted(str(k)[:_SHOWN] for k in set(header) - known)
+        raise DecodeError("unknown_field", f"unknown field(s) {unknown[:5]}{' ...' if len(unknown) > 5 else ''} "
+                          f"in '{where}'")
     return values
+
+
+def _check_bounds(f: _Field, value: Any, where: str) -> None:
+    """Sizes first: nothing longer than its bound is looked at any further."""
+    if f.limit is not None and isinstance(value, (str, dict, list)) and len(value) > f.limit:
+        unit = "characters" if isinstance(value, str) else "entries"
+        raise DecodeError("too_long", f"field '{f.name}' of '{where}' has {len(value)} {unit}; the limit is {f.limit}")
+    if not isinstance(value, dict):
+        return
+    for key, item in value.items():
+        if f.key_limit is not None and isinstance(key, str) and len(key) > f.key_limit:
+            raise DecodeError("too_long", f"a key in '{f.name}' of '{where}' has {len(key)} characters; "
+                              f"the limit is {f.key_limit}")
+        if f.scalar_limit is None:
+            continue
+        if not _is_scalar(item):
+            raise DecodeError("bad_type", f"'{f.name}.{str(key)[:_SHOWN]}' of '{where}' must be a string, number "
+                              f"or boolean, got {type(item).__name__}")
+        if isinstance(item, str) and len(item) > f.scalar_limit:
+            raise DecodeError("too_long", f"'{f.name}.{str(key)[:_SHOWN]}' of '{where}' has {len(item)} characters; "
+                              f"the limit is {f.scalar_limit}")
 
 
 def _checked_pcm(cls: type[Message], header: dict[str, Any], frames: Sequence[Any]) -> Any:
     if len(frames) != 3:
         raise DecodeError("bad_frames", f"'{cls.KIND.decode()}' needs exactly one PCM frame")
     if header.get("format", PCM_FORMAT) != PCM_FORMAT:
-        raise DecodeError("bad_format", f"audio format {header.get('format')!r} is not {PCM_FORMAT}")
+        raise DecodeError("bad_format", f"audio format {str(header.get('format'))[:_SHOWN]!r} is not {PCM_FORMAT}")
     pcm = frames[2]
-    size = len(pcm.buffer if hasattr(pcm, "buffer") else pcm)
-    if size != header["sample_count"] * BYTES_PER_SAMPLE:
-        raise DecodeError("bad_pcm", f"PCM frame has {size} bytes, header says {header['sample_count']} samples")
-    return pcm.buffer if hasattr(pcm, "buffer") else pcm
+    buf = pcm.buffer if hasattr(pcm, "buffer") else pcm
+    if len(buf) != header["sample_count"] * BYTES_PER_SAMPLE:
+        raise DecodeError("bad_pcm", f"PCM frame has {len(buf)} bytes, header says {header['sample_count']} samples")
+    return buf

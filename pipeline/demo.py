@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/demo.wav"))
     ap.add_argument("--profile", default="fast")
     ap.add_argument("--text", default=SAMPLE)
-    ap.add_argument("--engine", default=None, choices=("auto", "piper", "xtts"))
+    ap.add_argument("--engine", default=None, choices=("auto", "piper", "xtts", "null"))
     ap.add_argument("--checkpoint", default=None)
     args = ap.parse_args(argv)
     serve_args = [*(["--engine", args.engine] if args.engine else []),

@@ -6,17 +6,38 @@ the fields below plus ``v`` (the protocol version), and audio messages carry one
 extra frame of raw little-endian PCM described by their ``format``,
 ``sample_rate`` and ``sample_count`` fields. Nothing is pickled.
 
+Every string, map and list field a client can send has a bound (``bounded``):
+the codec refuses a longer one before any other work is done on it.
+
 `docs/protocol.md` describes the same messages for writers of other clients.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 1
+# 2: audio travels in spans of any length (`audio`), chunk events (`chunk`), paced delivery.
+PROTOCOL_VERSION = 2
 PCM_FORMAT = "s16le"  # signed 16-bit little-endian mono
 BYTES_PER_SAMPLE = 2
+
+MAX_ID_CHARS = 200  # stream ids and status request ids
+MAX_NAME_CHARS = 64  # profile names, language codes, override keys
+MAX_VOICE_CHARS = 256
+MAX_DELIVER_CHARS = 512
+MAX_OVERRIDES = 32
+MAX_OVERRIDE_STR = 256
+
+
+def bounded(limit: int, default: Any = dataclasses.MISSING, **meta: Any) -> Any:
+    """A field the codec refuses beyond ``limit`` characters (strings) or entries (maps, lists)."""
+    if default is dataclasses.MISSING:
+        return field(metadata={"max": limit, **meta})
+    if isinstance(default, (dict, list)):
+        return field(default_factory=type(default), metadata={"max": limit, **meta})
+    return field(default=default, metadata={"max": limit, **meta})
 
 
 @dataclass
@@ -32,32 +53,33 @@ class Message:
 class Speak(Message):
     """Speak a whole text. ``stream`` is chosen by the client, unique per connection."""
     KIND: ClassVar[bytes] = b"speak"
-    stream: str
-    text: str
-    profile: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
-    language: str = ""
-    voice: str = ""
-    # "client" (audio comes back), or "wav:/path/file.wav" (the sink writes it).
-    deliver: str = "client"
+    stream: str = bounded(MAX_ID_CHARS)
+    text: str  # bounded by the service's max_text_chars, checked before any chunking
+    profile: str = bounded(MAX_NAME_CHARS, "")
+    # Profile fields to override: scalar values only.
+    overrides: dict[str, Any] = bounded(MAX_OVERRIDES, {}, key_max=MAX_NAME_CHARS, scalar_max=MAX_OVERRIDE_STR)
+    language: str = bounded(MAX_NAME_CHARS, "")
+    voice: str = bounded(MAX_VOICE_CHARS, "")
+    # "client" (audio comes back), "none", "speakers" or "wav:NAME.wav" (inside the service's wav_dir).
+    deliver: str = bounded(MAX_DELIVER_CHARS, "client")
 
 
 @dataclass
 class Open(Message):
     """Open a stream whose text arrives later as deltas (an LLM writing)."""
     KIND: ClassVar[bytes] = b"open"
-    stream: str
-    profile: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
-    language: str = ""
-    voice: str = ""
-    deliver: str = "client"
+    stream: str = bounded(MAX_ID_CHARS)
+    profile: str = bounded(MAX_NAME_CHARS, "")
+    overrides: dict[str, Any] = bounded(MAX_OVERRIDES, {}, key_max=MAX_NAME_CHARS, scalar_max=MAX_OVERRIDE_STR)
+    language: str = bounded(MAX_NAME_CHARS, "")
+    voice: str = bounded(MAX_VOICE_CHARS, "")
+    deliver: str = bounded(MAX_DELIVER_CHARS, "client")
 
 
 @dataclass
 class Append(Message):
     KIND: ClassVar[bytes] = b"append"
-    stream: str
+    stream: str = bounded(MAX_ID_CHARS)
     text: str
 
 
@@ -65,20 +87,20 @@ class Append(Message):
 class End(Message):
     """No more text for this stream: flush the chunker and finish."""
     KIND: ClassVar[bytes] = b"end"
-    stream: str
+    stream: str = bounded(MAX_ID_CHARS)
 
 
 @dataclass
 class Cancel(Message):
-    """Barge-in: no audio of this stream after the next block."""
+    """Barge-in: no audio of this stream leaves the service after the confirming ``done``."""
     KIND: ClassVar[bytes] = b"cancel"
-    stream: str
+    stream: str = bounded(MAX_ID_CHARS)
 
 
 @dataclass
 class Status(Message):
     KIND: ClassVar[bytes] = b"status"
-    request: str = ""
+    request: str = bounded(MAX_ID_CHARS, "")
 
 
 # --- coordinator -> client ---------------------------------------------------
@@ -90,22 +112,35 @@ class Accepted(Message):
     profile: str
     sample_rate: int
     format: str = PCM_FORMAT
-    block_samples: int = 0
+    block_samples: int = 0  # the profile's block: what the client library re-cuts spans into
+    max_lead_ms: int = 0  # audio sent at most this far ahead of real-time playback (0: unpaced)
 
 
 @dataclass
-class AudioBlock(Message):
-    """One fixed-size block of a stream's audio, in order (the last may be shorter)."""
-    KIND: ClassVar[bytes] = b"block"
+class Audio(Message):
+    """A contiguous span of a stream's audio: ``sample_offset`` is where it starts in the stream."""
+    KIND: ClassVar[bytes] = b"audio"
     PCM_FIELD: ClassVar[str | None] = "pcm"
     stream: str
     epoch: int
-    seq: int
+    seq: int  # counts the stream's audio messages from 0
     sample_offset: int
     sample_count: int
     sample_rate: int
     format: str = PCM_FORMAT
     pcm: bytes = b""
+
+
+@dataclass
+class ChunkInfo(Message):
+    """Which text a stream's audio speaks from ``sample_offset`` on (sent with the chunk's first audio)."""
+    KIND: ClassVar[bytes] = b"chunk"
+    stream: str
+    index: int
+    text: str
+    text_start: int
+    text_end: int
+    sample_offset: int
 
 
 @dataclass
@@ -147,6 +182,10 @@ class Ready(Message):
     pid: int
     char_limits: dict[str, int] = field(default_factory=dict)
     format: str = PCM_FORMAT
+    voices: list[str] = field(default_factory=list)  # speaker names a request may pick
+    capacity: int = 1  # jobs it advances at once (batch slots)
+    streaming: bool = False  # pieces come while a chunk is synthesised (not all at its end)
+    chars_per_s: float = 0.0  # text characters synthesised per second (measured), 0 = unknown
 
 
 @dataclass
@@ -161,6 +200,7 @@ class SynthChunk(Message):
     sampling: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
     forced_tokens: int = 0  # > 0 only under the benchmark's length policy
+    due_ms: float = 0.0  # the stream's playback needs this chunk's first audio this far from now
 
 
 @dataclass
@@ -186,6 +226,8 @@ class AudioPiece(Message):
     final: bool
     format: str = PCM_FORMAT
     pcm: bytes = b""
+    queued_ms: float = 0.0  # first piece only: the chunk's wait in the worker before synthesis began
+    engine_ms: float = 0.0  # first piece only: from synthesis start to this piece
 
 
 @dataclass
@@ -201,7 +243,9 @@ class ChunkFailed(Message):
 class Heartbeat(Message):
     KIND: ClassVar[bytes] = b"heartbeat"
     worker: str
-    queued: int = 0
+    load: int = 0  # jobs queued or running
+    chars_per_s: float = 0.0  # the engine's measured speed, as in Ready
+    gpu_memory_bytes: int = 0  # memory the engine holds on its device (0 on the CPU)
 
 
 @dataclass
@@ -226,7 +270,7 @@ class Shutdown(Message):
     reason: str = ""
 
 
-# --- coordinator <-> sink ----------------------------------------------------
+# --- coordinator -> sink (audio flows one way; only SinkDone comes back) ------
 
 @dataclass
 class SinkOpen(Message):
@@ -234,14 +278,12 @@ class SinkOpen(Message):
     stream: str
     sample_rate: int
     prebuffer_ms: int
-    block_ms: int
-    deliver: str = "client"
-    t_accept: float = 0.0  # time.monotonic() when the coordinator accepted the text
+    deliver: str  # "speakers" or "wav:/absolute/path.wav" (the coordinator resolved it)
 
 
 @dataclass
 class SinkClose(Message):
-    """All blocks of the stream were sent; ``cancelled`` when it was cut short."""
+    """All audio of the stream was sent; ``cancelled`` when it was cut short."""
     KIND: ClassVar[bytes] = b"sink_close"
     stream: str
     cancelled: bool = False
@@ -250,7 +292,7 @@ class SinkClose(Message):
 
 @dataclass
 class SinkDone(Message):
-    """The sink delivered a stream: its playback metrics."""
+    """The sink finished a stream (file closed, speakers played out): what it did, and any error."""
     KIND: ClassVar[bytes] = b"sink_done"
     stream: str
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -258,7 +300,7 @@ class SinkDone(Message):
 
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Speak, Open, Append, End, Cancel, Status,
-    Accepted, AudioBlock, Done, Error, StatusReply,
+    Accepted, Audio, ChunkInfo, Done, Error, StatusReply,
     Ready, SynthChunk, CancelStream, AudioPiece, ChunkFailed, Heartbeat, Dead, Hello, Shutdown,
     SinkOpen, SinkClose, SinkDone,
 )

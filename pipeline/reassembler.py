@@ -1,12 +1,13 @@
-"""The ordered reassembler: one per stream, between the worker and the sink.
+"""The ordered reassembler: one per stream, between the workers and the listener.
 
 Workers may finish chunks out of order and may (through a bug, a retry or a
 restart) send a piece twice. The reassembler releases audio strictly in chunk
 order and piece order, proves each piece starts exactly where the previous one
 ended, proves consecutive chunks' text spans are disjoint and leave no speakable
-text out, and re-cuts the audio into fixed-size blocks. Every violation is
-logged with stream, chunk and offsets and counted: audio is never played twice
-and never skipped without a record.
+text out, and hands the released audio on as spans (one per piece, never copied:
+a span's PCM is the worker's frame). Every violation is logged with stream,
+chunk and offsets and counted: audio is never played twice and never skipped
+without a record.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from .protocol import BYTES_PER_SAMPLE, AudioPiece
 
@@ -23,11 +25,13 @@ VIOLATIONS = ("overlap", "gap", "duplicate", "old_epoch", "unknown_chunk",
               "span_overlap", "span_gap", "span_order", "incomplete")
 
 
-@dataclass
-class Block:
-    seq: int
+@dataclass(slots=True)
+class Span:
+    """Contiguous released audio: it starts at ``sample_offset`` in the stream."""
+
     sample_offset: int
-    pcm: bytes
+    pcm: Any  # bytes-like s16le
+    chunk_start: int | None = None  # the chunk whose first audio begins this span, if any
 
     @property
     def sample_count(self) -> int:
@@ -44,27 +48,23 @@ class _Chunk:
     samples_out: int = 0  # of this chunk, released so far
     final: bool = False
     failed: bool = False
+    heard: bool = False  # some of its audio was released
 
 
 class Reassembler:
-    def __init__(self, stream: str, block_samples: int, epoch: int = 0):
-        if block_samples <= 0:
-            raise ValueError("block_samples must be > 0")
+    def __init__(self, stream: str, epoch: int = 0):
         self.stream = stream
-        self.block_samples = block_samples
         self.epoch = epoch
         self.violations: Counter[str] = Counter()
-        self.samples_emitted = 0
+        self.samples_released = 0
         self._chunks: dict[int, _Chunk] = {}
         self._next_chunk = 0
         self._last_span_end = 0
-        self._next_seq = 0
-        self._pending = bytearray()  # released audio not yet cut into a block
 
     # -- text spans ----------------------------------------------------------
 
-    def register_chunk(self, index: int, start: int, end: int, source: str) -> None:
-        """Record a dispatched chunk's span; ``source`` is the stream's text so far."""
+    def register_chunk(self, index: int, start: int, end: int, source: Any) -> None:
+        """Record a dispatched chunk's span; ``source[a:b]`` gives the stream's text between offsets."""
         prior = max(self._chunks, default=-1)
         if index != prior + 1:
             self._violate("span_order", index, f"chunk index {index} after {prior}")
@@ -76,12 +76,13 @@ class Reassembler:
         self._chunks[index] = _Chunk(index, start, end)
 
     @property
-    def chunks_registered(self) -> int:
-        return len(self._chunks)
+    def covered_to(self) -> int:
+        """Text before this offset is in a registered chunk's span or between spans: never needed again."""
+        return self._last_span_end
 
     # -- audio ---------------------------------------------------------------
 
-    def add_piece(self, piece: AudioPiece) -> list[Block]:
+    def add_piece(self, piece: AudioPiece) -> list[Span]:
         if piece.epoch != self.epoch:
             self._violate("old_epoch", piece.chunk_index, f"piece {piece.piece_index} of epoch {piece.epoch}, current {self.epoch}",
                           level=logging.DEBUG)
@@ -96,7 +97,7 @@ class Reassembler:
         chunk.pieces[piece.piece_index] = piece
         return self._release()
 
-    def chunk_failed(self, index: int) -> list[Block]:
+    def chunk_failed(self, index: int) -> list[Span]:
         """A chunk the worker gave up on: skip it, on the record."""
         chunk = self._chunks.get(index)
         if chunk is None or chunk.final:
@@ -128,16 +129,12 @@ class Reassembler:
         self.epoch = new_epoch
         for chunk in self._chunks.values():
             chunk.pieces.clear()
-        self._pending.clear()
 
-    def finish(self) -> list[Block]:
-        """The stream's end: flush the last, shorter block; record chunks never completed."""
+    def finish(self) -> None:
+        """The stream's end: record chunks never completed."""
         for index in self.unfinished_chunks():
             self._violate("incomplete", index, "stream finished before the chunk's final piece")
             self._chunks[index].final = True
-        if not self._pending:
-            return []
-        return [self._cut(len(self._pending) // BYTES_PER_SAMPLE)]
 
     @property
     def complete(self) -> bool:
@@ -150,46 +147,41 @@ class Reassembler:
 
     # -- internals -----------------------------------------------------------
 
-    def _release(self) -> list[Block]:
+    def _release(self) -> list[Span]:
+        out: list[Span] = []
         while self._next_chunk in self._chunks:
             chunk = self._chunks[self._next_chunk]
             while chunk.next_piece in chunk.pieces:
-                self._take(chunk, chunk.pieces.pop(chunk.next_piece))
+                span = self._take(chunk, chunk.pieces.pop(chunk.next_piece))
+                if span is not None:
+                    out.append(span)
             if not chunk.final:
                 break
             self._next_chunk += 1
-        return self._cut_full_blocks()
+        return out
 
-    def _take(self, chunk: _Chunk, piece: AudioPiece) -> None:
+    def _take(self, chunk: _Chunk, piece: AudioPiece) -> Span | None:
         chunk.next_piece += 1
-        pcm = bytes(piece.pcm)
+        pcm = piece.pcm
         if piece.sample_offset < chunk.samples_out:
             repeated = chunk.samples_out - piece.sample_offset
             self._violate("overlap", chunk.index, f"piece {piece.piece_index} starts at {piece.sample_offset}, "
                           f"{repeated} samples before {chunk.samples_out}; repeated samples dropped")
-            pcm = pcm[repeated * BYTES_PER_SAMPLE:]
+            pcm = memoryview(pcm)[repeated * BYTES_PER_SAMPLE:]
         elif piece.sample_offset > chunk.samples_out:
             self._violate("gap", chunk.index, f"piece {piece.piece_index} starts at {piece.sample_offset}, "
                           f"{piece.sample_offset - chunk.samples_out} samples after {chunk.samples_out}")
             chunk.samples_out = piece.sample_offset
-        chunk.samples_out += len(pcm) // BYTES_PER_SAMPLE
-        self._pending += pcm
         if piece.final:
             chunk.final = True
-
-    def _cut_full_blocks(self) -> list[Block]:
-        blocks = []
-        while len(self._pending) >= self.block_samples * BYTES_PER_SAMPLE:
-            blocks.append(self._cut(self.block_samples))
-        return blocks
-
-    def _cut(self, samples: int) -> Block:
-        size = samples * BYTES_PER_SAMPLE
-        block = Block(self._next_seq, self.samples_emitted, bytes(self._pending[:size]))
-        del self._pending[:size]
-        self._next_seq += 1
-        self.samples_emitted += samples
-        return block
+        count = len(pcm) // BYTES_PER_SAMPLE
+        if count <= 0:
+            return None
+        span = Span(self.samples_released, pcm, None if chunk.heard else chunk.index)
+        chunk.heard = True
+        chunk.samples_out += count
+        self.samples_released += count
+        return span
 
     def _violate(self, kind: str, chunk: int, detail: str, level: int = logging.WARNING) -> None:
         self.violations[kind] += 1

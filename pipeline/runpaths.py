@@ -8,11 +8,19 @@ control socket of its own, on which the supervisor asks it to shut down.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .settings import Settings, settings_from_dict
+
+log = logging.getLogger("xtts_stream.runpaths")
+
+RUN_DIR_PREFIX = "xtts-stream-"
+OWNER_FILE = "supervisor.pid"
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,38 @@ class RunPaths:
 
     def read_settings(self) -> Settings:
         return settings_from_dict(json.loads(self.settings_file.read_text()))
+
+    def claim(self) -> None:
+        """Mark the directory as this supervisor's: a later one removes it if this one dies unannounced."""
+        (self.root / OWNER_FILE).write_text(str(os.getpid()))
+
+
+def remove_stale_run_dirs(parent: Path | None = None) -> list[Path]:
+    """Delete run directories of ours whose supervisor is dead (killed before it could clean up)."""
+    removed = []
+    for path in Path(parent or tempfile.gettempdir()).glob(RUN_DIR_PREFIX + "*"):
+        try:
+            if path.stat().st_uid != os.getuid() or not path.is_dir():
+                continue
+            pid = int((path / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or not claimed (yet): leave it
+        if _alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed the run directory %s of a supervisor (pid %d) that is gone", path, pid)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def unlink_ipc(endpoint: str) -> None:

@@ -46,6 +46,10 @@ class Profile:
     top_p: float = 0.85
     repetition_penalty: float = 5.0
     speed: float = 1.0
+    # Audio sent at most this far ahead of the listener's real-time playback (what a barge-in
+    # can no longer recall; never less than the pre-buffer plus one block); 0 sends everything
+    # as soon as it is made (offline use).
+    max_lead_s: float = 0.5
 
     def sampling(self) -> dict[str, float | int]:
         """The fields the engine needs for one chunk."""
@@ -81,11 +85,14 @@ class ServiceSettings:
     cache_dir: str = "~/.cache/xtts-stream"
     wav_dir: str = "out"
     voices_dir: str = "voices"
-    max_message_bytes: int = 4194304
+    max_message_bytes: int = 1048576
     max_text_chars: int = 100000
     max_streams_per_client: int = 32
-    max_queued_messages_per_client: int = 4000
+    max_streams: int = 2048
+    max_clients: int = 512
+    max_queued_messages_per_client: int = 1000
     max_client_backlog_s: float = 30.0
+    max_client_backlog_bytes: int = 4194304
     stream_idle_timeout_s: float = 120.0
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 20.0
@@ -95,6 +102,9 @@ class ServiceSettings:
     stop_grace_s: float = 3.0
     forced_tokens_per_char: float = 0.0
     curve_keys_dir: str = ""
+    dispatch_ahead_s: float = 10.0
+    null_speed: float = 50.0
+    null_piece_ms: int = 250
 
 
 @dataclass(frozen=True)
@@ -189,15 +199,23 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
     type_name = type_name if isinstance(type_name, str) else type_name.__name__
     if type_name == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SettingsError(f"{where} must be an integer, got {value!r}")
+            raise SettingsError(f"{where} must be an integer, got {_shown(value)}")
         return value
     if type_name == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SettingsError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise SettingsError(f"{where} must be a number, got {_shown(value)}")
         return float(value)
     if not isinstance(value, str):
-        raise SettingsError(f"{where} must be a string, got {value!r}")
+        raise SettingsError(f"{where} must be a string, got {_shown(value)}")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A refused value in an error message: its type for containers, a short repr for the rest."""
+    if isinstance(value, (dict, list, tuple, set)):
+        return f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 # Bounds a request may not leave: beyond them a value is a mistake or an attack
@@ -207,7 +225,7 @@ _BOUNDS = {
     "first_chunk_max_chars": (1, 1000), "chunk_target_chars": (1, 2000), "chars_per_second": (1, 100),
     "natural_pause_after_s": (0, 120), "prebuffer_ms": (0, 10000), "block_ms": (5, 1000),
     "first_piece_tokens": (1, 256), "piece_tokens": (1, 256), "temperature": (0.01, 5), "top_k": (0, 2000),
-    "top_p": (0.01, 1), "repetition_penalty": (0.1, 20), "speed": (0.25, 4),
+    "top_p": (0.01, 1), "repetition_penalty": (0.1, 20), "speed": (0.25, 4), "max_lead_s": (0, 3600),
 }
 
 

@@ -26,7 +26,8 @@ import zmq
 
 from . import protocol as p
 from .codec import encode
-from .runpaths import RunPaths, unlink_ipc
+from .lifeline import PARENT_ENV
+from .runpaths import RUN_DIR_PREFIX, RunPaths, remove_stale_run_dirs, unlink_ipc
 from .settings import Settings
 
 log = logging.getLogger("xtts_stream.supervisor")
@@ -50,7 +51,9 @@ class Supervisor:
                  worker_env: dict[str, str] | None = None, log_dir: Path | None = None):
         self.settings = settings
         self._own_run_dir = run_dir is None
-        self.run = RunPaths(Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="xtts-stream-")))
+        if self._own_run_dir:
+            remove_stale_run_dirs()  # left by a supervisor that was killed (SIGKILL): nobody else will
+        self.run = RunPaths(Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)))
         self.log_level = log_level
         self.log_dir = log_dir
         self.ctx = zmq.Context()
@@ -75,6 +78,7 @@ class Supervisor:
     def start(self) -> None:
         self.run.root.mkdir(parents=True, exist_ok=True)
         self.run.write_settings(self.settings)
+        self.run.claim()
         for m in self.processes:
             self._spawn(m)
 
@@ -147,7 +151,7 @@ class Supervisor:
 
     def _spawn(self, m: Managed) -> None:
         m.starts.append(time.monotonic())
-        env = {**os.environ, **(m.env or {})}
+        env = {**os.environ, **(m.env or {}), PARENT_ENV: str(os.getpid())}
         argv = m.argv + ["--log-level", self.log_level]
         out = open(self.log_dir / f"{m.name}.log", "ab") if self.log_dir else None
         m.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.playback import PlaybackClock
+from pipeline.playback import PlaybackClock
 
 RATE = 1000  # 1 sample per ms keeps the expected numbers readable
 T0 = 100.0   # t_accept

@@ -109,7 +109,7 @@ async def _raw(endpoint: str, frames: list[bytes]) -> p.Message:
 
 
 def _header(**fields) -> bytes:
-    return msgpack.packb({"v": 1, **fields})
+    return msgpack.packb({"v": p.PROTOCOL_VERSION, **fields})
 
 
 @pytest.mark.parametrize("frames, code", [
@@ -120,7 +120,7 @@ def _header(**fields) -> bytes:
     ([b"speak", _header(stream="s", text="")], "nothing_to_speak"),
     ([b"speak", _header(stream="s", text=" ... !!! ")], "nothing_to_speak"),
     ([b"speak", _header(stream="s", text="x" * 1_000_000)], "text_too_long"),
-    ([b"speak", b"\x83\xa1v\x01\xa6stream\xa1s\xa4text\xa3\xff\xfe\xfd"], "bad_utf8"),
+    ([b"speak", b"\x83\xa1v\x02\xa6stream\xa1s\xa4text\xa3\xff\xfe\xfd"], "bad_utf8"),
     ([b"speak", _header(stream="s", text="hi", language="xx")], "bad_language"),
     ([b"speak", _header(stream="s", text="hi", deliver="wav:/etc/owned.wav")], "bad_deliver"),
     ([b"speak", _header(stream="s", text="hi", deliver="wav:../../owned.wav")], "bad_deliver"),

@@ -1,4 +1,6 @@
-"""The sink as a real process on real ipc:// sockets, driven from the coordinator's side."""
+"""The sink as a real process on real ipc:// sockets, driven from the coordinator's side.
+
+Audio flows one way (coordinator -> sink); only SinkDone comes back."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import soundfile
 import zmq
 
 from pipeline.codec import decode, encode
-from pipeline.protocol import AudioBlock, Message, Shutdown, SinkClose, SinkDone, SinkOpen
+from pipeline.protocol import Audio, Message, Shutdown, SinkClose, SinkDone, SinkOpen
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 24000
@@ -68,20 +70,16 @@ class SinkHarness:
             raise AssertionError(f"no message from the sink in {WAIT_S} s; its log:\n{self.log()}")
         return decode(self.pull.recv_multipart(copy=False))
 
-    def recv_until_done(self, stream: str) -> tuple[list[AudioBlock], SinkDone]:
-        blocks: list[AudioBlock] = []
-        while True:
-            msg = self.recv()
-            if isinstance(msg, SinkDone) and msg.stream == stream:
-                return blocks, msg
-            assert isinstance(msg, AudioBlock) and msg.stream == stream, f"unexpected {msg}"
-            blocks.append(msg)
+    def recv_done(self, stream: str) -> SinkDone:
+        msg = self.recv()
+        assert isinstance(msg, SinkDone) and msg.stream == stream, f"unexpected {msg}"
+        return msg
 
     def round_trip(self, stream: str = "ping") -> None:
         """Proves the sink is up and has handled everything sent before."""
-        self.send(SinkOpen(stream, RATE, 0, 25, "none", time.monotonic()))
+        self.send(SinkOpen(stream, RATE, 0, f"wav:{self.dir / (stream + '.wav')}"))
         self.send(SinkClose(stream))
-        assert self.recv_until_done(stream)[0] == []
+        assert self.recv_done(stream).metrics["error"] == ""
 
     def wait_exit(self, timeout: float) -> int | None:
         try:
@@ -111,119 +109,111 @@ def sink():
         harness.close()
 
 
-def make_blocks(stream: str, n: int, seed: int, epoch: int = 0) -> list[AudioBlock]:
+def make_spans(stream: str, n: int, seed: int, epoch: int = 0) -> list[Audio]:
+    """Contiguous spans of different lengths, as the coordinator sends them."""
     rng = np.random.default_rng(seed)
-    out = []
+    out, offset = [], 0
     for seq in range(n):
-        count = BLOCK if seq < n - 1 else BLOCK // 3  # the last block is shorter, as upstream cuts it
+        count = int(rng.integers(1, 4 * BLOCK))
         pcm = rng.integers(-32768, 32767, count, dtype=np.int16).tobytes()
-        out.append(AudioBlock(stream, epoch, seq, seq * BLOCK, count, RATE, pcm=pcm))
+        out.append(Audio(stream, epoch, seq, offset, count, RATE, pcm=pcm))
+        offset += count
     return out
 
 
-def open_msg(stream: str, deliver: str = "client", prebuffer_ms: int = 200) -> SinkOpen:
-    return SinkOpen(stream, RATE, prebuffer_ms, 25, deliver, time.monotonic())
+def open_msg(stream: str, deliver: str, prebuffer_ms: int = 200) -> SinkOpen:
+    return SinkOpen(stream, RATE, prebuffer_ms, deliver)
 
 
-def test_client_delivery_forwards_every_block_in_order_then_done(sink):
-    blocks = make_blocks("s1", 12, seed=1)
-    sink.send(open_msg("s1"))
-    for block in blocks:
-        sink.send(block)
-    sink.send(SinkClose("s1"))
-    got, done = sink.recv_until_done("s1")
-    assert [(b.seq, b.sample_offset, bytes(b.pcm)) for b in got] == \
-           [(b.seq, b.sample_offset, bytes(b.pcm)) for b in blocks]
-    m = done.metrics
-    assert m["deliver"] == "client" and m["error"] == "" and m["cancelled"] is False
-    assert m["blocks"] == 12 and m["audio_s"] == pytest.approx((11 * BLOCK + BLOCK // 3) / RATE, abs=1e-6)
-    assert m["sink_order_violations"] == 0 and isinstance(m["underruns"], int)
-    assert m["played_ttfa_ms"] >= m["first_block_ms"] > 0
+def pcm_of(spans: list[Audio]) -> np.ndarray:
+    return np.frombuffer(b"".join(bytes(s.pcm) for s in spans), dtype=np.int16)
 
 
 def test_wav_delivery_writes_exactly_the_samples_sent(sink):
     path = sink.dir / "nested" / "dir" / "out.wav"
-    blocks = make_blocks("w", 9, seed=2)
+    spans = make_spans("w", 9, seed=2)
     sink.send(open_msg("w", f"wav:{path}"))
-    for block in blocks:
-        sink.send(block)
+    for span in spans:
+        sink.send(span)
     sink.send(SinkClose("w"))
-    got, done = sink.recv_until_done("w")
-    assert got == [], "wav delivery must not forward audio to the client"
+    done = sink.recv_done("w")
     assert done.metrics["error"] == "" and done.metrics["wav_path"] == str(path)
+    assert done.metrics["sink_audio_s"] == pytest.approx(len(pcm_of(spans)) / RATE, abs=1e-6)
     data, rate = soundfile.read(path, dtype="int16")
-    assert rate == RATE
-    assert np.array_equal(data, np.frombuffer(b"".join(b.pcm for b in blocks), dtype=np.int16))
+    assert rate == RATE and np.array_equal(data, pcm_of(spans))
 
 
 def test_wav_path_that_cannot_be_opened_is_an_error_and_the_sink_goes_on(sink):
     blocker = sink.dir / "a-file"
     blocker.write_text("not a directory")
     sink.send(open_msg("bad", f"wav:{blocker}/out.wav"))
-    for block in make_blocks("bad", 3, seed=3):
-        sink.send(block)
+    for span in make_spans("bad", 3, seed=3):
+        sink.send(span)
     sink.send(SinkClose("bad"))
-    _, done = sink.recv_until_done("bad")
-    assert str(blocker) in done.metrics["error"] and done.metrics["blocks"] == 3
+    done = sink.recv_done("bad")
+    assert str(blocker) in done.metrics["error"] and done.metrics["sink_audio_s"] > 0
     sink.round_trip()
 
 
-@pytest.mark.parametrize("deliver,needle", [("carrier-pigeon", "unknown delivery"), ("wav:", "unknown delivery")])
+def test_a_path_too_deep_to_create_fails_its_stream_not_the_sink(sink):
+    """A 3 KB request once crashed the sink (directory creation recursed too deep)."""
+    path = str(sink.dir / "k") + "/d" * 1500 + "/x.wav"
+    sink.send(open_msg("deep", f"wav:{path}"))
+    sink.send(make_spans("deep", 1, seed=13)[0])
+    sink.send(SinkClose("deep"))
+    done = sink.recv_done("deep")
+    assert "cannot write WAV file" in done.metrics["error"]
+    assert sink.proc.poll() is None
+    sink.round_trip()
+
+
+@pytest.mark.parametrize("deliver,needle", [("carrier-pigeon", "unknown delivery"), ("wav:", "unknown delivery"),
+                                            ("client", "unknown delivery")])
 def test_unknown_delivery_is_an_error_in_the_metrics(sink, deliver, needle):
     sink.send(open_msg("u", deliver))
     sink.send(SinkClose("u"))
-    _, done = sink.recv_until_done("u")
+    done = sink.recv_done("u")
     assert needle in done.metrics["error"] and "valid" in done.metrics["error"]
 
 
 def test_interleaved_streams_stay_separate(sink):
-    path = sink.dir / "b.wav"
-    a, b, c = make_blocks("a", 8, seed=4), make_blocks("b", 8, seed=5), make_blocks("c", 5, seed=6)
-    sink.send(open_msg("a"))
-    sink.send(open_msg("b", f"wav:{path}"))
-    sink.send(open_msg("c"))
-    for x, y, z in zip(a, b, c + [None] * 3):
-        sink.send(x)
-        sink.send(y)
-        if z is not None:
-            sink.send(z)
-    for name in ("c", "a", "b"):
+    paths = {name: sink.dir / f"{name}.wav" for name in "abc"}
+    spans = {"a": make_spans("a", 8, seed=4), "b": make_spans("b", 8, seed=5), "c": make_spans("c", 5, seed=6)}
+    for name, path in paths.items():
+        sink.send(open_msg(name, f"wav:{path}"))
+    for i in range(8):
+        for name in "abc":
+            if i < len(spans[name]):
+                sink.send(spans[name][i])
+    for name in "cab":
         sink.send(SinkClose(name))
-    per_stream: dict[str, list[AudioBlock]] = {"a": [], "c": []}
-    done: dict[str, SinkDone] = {}
-    while len(done) < 3:
-        msg = sink.recv()
-        if isinstance(msg, SinkDone):
-            done[msg.stream] = msg
-        else:
-            assert msg.stream not in done, "a block came after its stream's SinkDone"
-            per_stream[msg.stream].append(msg)
-    for name, sent in (("a", a), ("c", c)):
-        assert [bytes(m.pcm) for m in per_stream[name]] == [bytes(m.pcm) for m in sent]
-        assert done[name].metrics["blocks"] == len(sent)
-    data, _ = soundfile.read(path, dtype="int16")
-    assert np.array_equal(data, np.frombuffer(b"".join(m.pcm for m in b), dtype=np.int16))
+        assert sink.recv_done(name).metrics["error"] == ""
+    for name, path in paths.items():
+        data, _ = soundfile.read(path, dtype="int16")
+        assert np.array_equal(data, pcm_of(spans[name]))
 
 
-def test_bad_frames_and_stray_blocks_do_not_kill_it(sink):
-    blocks = make_blocks("ok", 4, seed=7)
-    sink.send(open_msg("ok"))
+def test_bad_frames_and_stray_spans_do_not_kill_it(sink):
+    path = sink.dir / "ok.wav"
+    spans = make_spans("ok", 4, seed=7)
+    sink.send(open_msg("ok", f"wav:{path}"))
     sink.send_raw([b"junk"])
-    sink.send_raw([b"block", b"\xc1 not msgpack", b""])
+    sink.send_raw([b"audio", b"\xc1 not msgpack", b""])
     sink.send_raw([b"no-such-kind", b"\x80"])
-    short = encode(blocks[0])
+    short = encode(spans[0])
     sink.send_raw([short[0], short[1], b"\x00" * 10])  # PCM frame shorter than the header says
-    sink.send(make_blocks("never-opened", 1, seed=8)[0])
-    sink.send(blocks[0])
-    sink.send(blocks[1])
-    sink.send(blocks[1])  # duplicate
-    sink.send(blocks[0])  # going back
-    sink.send(blocks[2])
-    sink.send(blocks[3])
+    sink.send(make_spans("never-opened", 1, seed=8)[0])
+    sink.send(spans[0])
+    sink.send(spans[1])
+    sink.send(spans[1])  # duplicate
+    sink.send(spans[0])  # going back
+    sink.send(spans[2])
+    sink.send(spans[3])
     sink.send(SinkClose("ok"))
-    got, done = sink.recv_until_done("ok")
-    assert [m.seq for m in got] == [0, 1, 2, 3]
-    assert done.metrics["sink_order_violations"] == 2 and done.metrics["blocks"] == 4
+    done = sink.recv_done("ok")
+    assert done.metrics["sink_order_violations"] == 2
+    data, _ = soundfile.read(path, dtype="int16")
+    assert np.array_equal(data, pcm_of(spans))
     assert sink.proc.poll() is None
     log = sink.log()
     assert "undecodable" in log and "PCM frame has 10 bytes" in log and "unknown message kind" in log
@@ -232,28 +222,27 @@ def test_bad_frames_and_stray_blocks_do_not_kill_it(sink):
 
 def test_close_of_an_unknown_stream_answers_with_an_error(sink):
     sink.send(SinkClose("ghost"))
-    _, done = sink.recv_until_done("ghost")
-    assert "ghost" in done.metrics["error"]
+    assert "ghost" in sink.recv_done("ghost").metrics["error"]
 
 
 def test_shutdown_on_ctl_exits_0_within_a_second_and_finalises_open_wav(sink):
     path = sink.dir / "open.wav"
-    blocks = make_blocks("w", 6, seed=9)
+    spans = make_spans("w", 6, seed=9)
     sink.send(open_msg("w", f"wav:{path}"))
-    for block in blocks:
-        sink.send(block)
+    for span in spans:
+        sink.send(span)
     sink.round_trip()  # everything above was handled
     start = time.monotonic()
     sink.ctl.send_multipart(encode(Shutdown("test")))
     assert sink.wait_exit(WAIT_S) == 0, sink.log()
     assert time.monotonic() - start < 1.0
     data, rate = soundfile.read(path, dtype="int16")
-    assert rate == RATE and np.array_equal(data, np.frombuffer(b"".join(b.pcm for b in blocks), dtype=np.int16))
+    assert rate == RATE and np.array_equal(data, pcm_of(spans))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_exits_0_within_a_second(sink, signum):
-    sink.send(open_msg("left-open"))
+    sink.send(open_msg("left-open", f"wav:{sink.dir / 'left.wav'}"))
     sink.round_trip()
     start = time.monotonic()
     sink.proc.send_signal(signum)
@@ -263,46 +252,15 @@ def test_signal_exits_0_within_a_second(sink, signum):
 
 def test_wav_is_valid_even_if_the_sink_is_killed_mid_stream(sink):
     path = sink.dir / "killed.wav"
-    blocks = make_blocks("k", 5, seed=10)
+    spans = make_spans("k", 5, seed=10)
     sink.send(open_msg("k", f"wav:{path}"))
-    for block in blocks:
-        sink.send(block)
+    for span in spans:
+        sink.send(span)
     sink.round_trip()
     sink.proc.kill()
     sink.proc.wait(WAIT_S)
     data, _ = soundfile.read(path, dtype="int16")
-    assert np.array_equal(data, np.frombuffer(b"".join(b.pcm for b in blocks), dtype=np.int16))
-
-
-def fill_until_blocked(sink: SinkHarness, stream: str, limit: int) -> int:
-    """Send blocks without reading the output until the pipeline pushes back; returns how many went."""
-    pcm = bytes(2 * BLOCK)
-    for seq in range(limit):
-        block = AudioBlock(stream, 0, seq, seq * BLOCK, BLOCK, RATE, pcm=pcm)
-        try:
-            sink.push.send_multipart(encode(block), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            # Sends can stall briefly while the sink catches up; only a lasting stall is back-pressure.
-            if not sink.push.poll(500, zmq.POLLOUT):
-                return seq
-            sink.push.send_multipart(encode(block))
-    return limit
-
-
-def test_backpressure_bounds_the_pipeline_and_loses_nothing():
-    harness = SinkHarness(args=("--hwm", "8"), hwm=8)
-    try:
-        harness.round_trip()
-        harness.send(open_msg("bp"))
-        sent = fill_until_blocked(harness, "bp", 5000)
-        assert sent < 5000, "the sink kept reading although nobody read its output"
-        got = [harness.recv() for _ in range(sent)]  # reading again frees the pipeline
-        harness.send(SinkClose("bp"))
-        rest, done = harness.recv_until_done("bp")
-        assert rest == []
-        assert [m.seq for m in got] == list(range(sent)) and done.metrics["blocks"] == sent
-    finally:
-        harness.close()
+    assert np.array_equal(data, pcm_of(spans))
 
 
 @pytest.mark.parametrize("how", ["ctl", "sigterm"])
@@ -310,8 +268,8 @@ def test_an_unread_output_does_not_hang_shutdown(how):
     harness = SinkHarness(args=("--hwm", "8", "--send-timeout", "0.5"), hwm=8)
     try:
         harness.round_trip()
-        harness.send(open_msg("stuck"))
-        fill_until_blocked(harness, "stuck", 5000)
+        for i in range(200):  # SinkDone messages nobody reads
+            harness.send(SinkClose(f"ghost-{i}"))
         start = time.monotonic()
         if how == "ctl":
             harness.ctl.send_multipart(encode(Shutdown("test")))
@@ -371,14 +329,14 @@ def test_speakers_play_every_sample_then_done(tmp_path):
     played = tmp_path / "played.raw"
     harness = SinkHarness({"PYTHONPATH": str(tmp_path), "FAKE_SD_OUT": str(played)})
     try:
-        blocks = make_blocks("sp", 10, seed=11)
+        spans = make_spans("sp", 10, seed=11)
         harness.send(open_msg("sp", "speakers", prebuffer_ms=100))
-        for block in blocks:
-            harness.send(block)
+        for span in spans:
+            harness.send(span)
         harness.send(SinkClose("sp"))
-        got, done = harness.recv_until_done("sp")
-        assert got == [] and done.metrics["error"] == ""
-        sent = np.frombuffer(b"".join(b.pcm for b in blocks), dtype=np.int16)
+        done = harness.recv_done("sp")
+        assert done.metrics["error"] == ""
+        sent = pcm_of(spans)
         out = np.frombuffer(played.read_bytes(), dtype=np.int16)
         assert np.array_equal(out[:len(sent)], sent) and not out[len(sent):].any()
     finally:
@@ -390,10 +348,10 @@ def test_speakers_without_portaudio_is_an_error_in_the_metrics(tmp_path):
     harness = SinkHarness({"PYTHONPATH": str(tmp_path)})
     try:
         harness.send(open_msg("sp", "speakers"))
-        harness.send(make_blocks("sp", 1, seed=12)[0])
+        harness.send(make_spans("sp", 1, seed=12)[0])
         harness.send(SinkClose("sp"))
-        _, done = harness.recv_until_done("sp")
-        assert "PortAudio" in done.metrics["error"] and done.metrics["blocks"] == 1
+        done = harness.recv_done("sp")
+        assert "PortAudio" in done.metrics["error"] and done.metrics["sink_audio_s"] > 0
     finally:
         harness.close()
 

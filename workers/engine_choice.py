@@ -15,13 +15,16 @@ from .engines.base import Engine, EngineError
 
 log = logging.getLogger("xtts_stream.worker")
 
-ENGINES = ("auto", "piper", "xtts")
+ENGINES = ("auto", "piper", "xtts", "null")
 XTTS_PATHS = ("fast", "stock")
 
 
 def build_engine(service: ServiceSettings) -> Engine:
     if service.engine not in ENGINES:
         raise EngineError(f"unknown engine '{service.engine}'; valid: {', '.join(ENGINES)}")
+    if service.engine == "null":
+        from .engines.null_engine import build_null
+        return build_null(service)
     checkpoint = _checkpoint(service) if service.engine in ("auto", "xtts") else None
     if service.engine == "xtts" and checkpoint is None:
         raise EngineError("engine 'xtts' needs a checkpoint: set service.checkpoint, XTTS_STREAM_CHECKPOINT "

@@ -1,17 +1,14 @@
-"""The sink process: delivers each stream's ordered audio blocks and measures playback.
+"""The sink process: plays or writes audio on the service's machine (WAV files, speakers).
 
     python -m workers.sink --in ENDPOINT --out ENDPOINT --ctl ENDPOINT [--name sink]
 
-It connects a PULL socket to ``--in`` (SinkOpen, AudioBlock, SinkClose from the
-coordinator), connects a PUSH socket to ``--out`` (forwarded blocks and
-SinkDone back to the coordinator) and binds a PULL socket on ``--ctl``
-(Shutdown). One poller loop in the main thread; signal handlers only set state.
-
-Back-pressure: sends never block. When ``--out`` is at its high-water mark the
-sink keeps the one message it could not send and stops reading ``--in`` until
-the coordinator reads again, so blocks wait in ZeroMQ's bounded queues, never in
-the sink. On shutdown it waits at most ``--send-timeout`` for the coordinator
-to take what is left, then drops it and exits.
+It connects a PULL socket to ``--in`` (SinkOpen, Audio spans, SinkClose from
+the coordinator: audio flows one way), connects a PUSH socket to ``--out`` (only
+SinkDone goes back, when a stream's file is closed or its playback is over) and
+binds a PULL socket on ``--ctl`` (Shutdown). Audio for clients never passes
+through here. One poller loop in the main thread; signal handlers only set
+state. Nothing a message holds can stop the loop: a message that fails fails its
+stream, which reports the reason in its SinkDone.
 """
 
 from __future__ import annotations
@@ -31,7 +28,8 @@ from typing import Any
 import zmq
 
 from pipeline.codec import DecodeError, decode, encode
-from pipeline.protocol import AudioBlock, Shutdown, SinkClose, SinkDone, SinkOpen
+from pipeline.lifeline import die_with_parent
+from pipeline.protocol import Audio, Shutdown, SinkClose, SinkDone, SinkOpen
 from workers.sink_stream import SinkStream
 
 log = logging.getLogger("xtts_stream.sink")
@@ -42,6 +40,8 @@ SHUTDOWN_DRAIN_S = 0.5
 QUICK_SEND_TIMEOUT_S = 0.2
 # Unknown stream ids we already warned about; bounded so a flood cannot grow it.
 MAX_WARNED_STREAMS = 1024
+# SinkDone messages held while the coordinator does not read (it is restarting).
+MAX_PENDING = 4096
 
 
 class Sink:
@@ -73,18 +73,20 @@ class Sink:
     def run(self) -> int:
         log.info("%s: running (pid %d)", self.name, os.getpid())
         poller = zmq.Poller()
+        poller.register(self.ctl, zmq.POLLIN)
+        poller.register(self.inp, zmq.POLLIN)
         while self.stop is None:
-            poller.register(self.ctl, zmq.POLLIN)
-            # Stop reading input while a message waits for the output: that is the back-pressure.
-            poller.register(self.inp, 0 if self._pending else zmq.POLLIN)
-            poller.register(self.out, zmq.POLLOUT if self._pending else 0)
             events = dict(poller.poll(POLL_MS))
             if self.ctl in events:
                 self._on_ctl(self.ctl.recv_multipart(copy=False))
-            if self.out in events:
-                self._flush()
             if self.inp in events and self.stop is None:
-                self._on_input(self.inp.recv_multipart(copy=False), time.monotonic())
+                for _ in range(256):  # what has arrived, then the control socket again
+                    try:
+                        frames = self.inp.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_input(frames)
+            self._flush()
             self._reap_draining(time.monotonic())
         self._finish()
         return 0
@@ -101,18 +103,32 @@ class Sink:
         else:
             log.warning("%s: ignoring '%s' on the control socket", self.name, msg.KIND.decode())
 
-    def _on_input(self, frames: list[Any], arrival: float) -> None:
+    def _on_input(self, frames: list[Any]) -> None:
         try:
             msg = decode(frames)
         except DecodeError as exc:
             log.warning("%s: dropping undecodable input (%s): %s", self.name, exc.code, exc)
             return
-        if isinstance(msg, AudioBlock):
-            self._on_block(msg, frames, arrival)
+        try:
+            self._handle(msg)
+        except Exception as exc:  # whatever a message holds, it fails its stream, never the sink
+            log.exception("%s: handling '%s' failed", self.name, msg.KIND.decode())
+            stream = self.streams.get(getattr(msg, "stream", ""))
+            if stream is not None:
+                stream.fail(f"the sink could not handle '{msg.KIND.decode()}': {type(exc).__name__}: "
+                            f"{str(exc)[:200]}")
+
+    def _handle(self, msg: Any) -> None:
+        if isinstance(msg, Audio):
+            stream = self.streams.get(msg.stream)
+            if stream is None:
+                self._warn_unknown(msg.stream, f"audio {msg.seq}")
+            else:
+                stream.take(msg)
         elif isinstance(msg, SinkOpen):
             self._on_open(msg)
         elif isinstance(msg, SinkClose):
-            self._on_close(msg, arrival)
+            self._on_close(msg)
         else:
             log.warning("%s: ignoring unexpected '%s' on the input socket", self.name, msg.KIND.decode())
 
@@ -126,7 +142,7 @@ class Sink:
         stream = SinkStream(msg)
         self.streams[msg.stream] = stream
         log.info("%s: stream '%s' open (deliver=%s, %d Hz, prebuffer %d ms)%s", self.name, msg.stream,
-                 msg.deliver, msg.sample_rate, msg.prebuffer_ms, f": {stream.error}" if stream.error else "")
+                 msg.deliver[:120], msg.sample_rate, msg.prebuffer_ms, f": {stream.error}" if stream.error else "")
 
     def _drop_orphans(self, owner: str | None) -> None:
         """Streams of an earlier coordinator (ids are "<coordinator pid>.<n>") will never
@@ -137,24 +153,16 @@ class Sink:
             log.warning("%s: releasing stream '%s' of a coordinator that is gone", self.name, key)
             self.streams.pop(key).release()
 
-    def _on_block(self, msg: AudioBlock, frames: list[Any], arrival: float) -> None:
-        stream = self.streams.get(msg.stream)
-        if stream is None:
-            self._warn_unknown(msg.stream, f"block {msg.seq}")
-            return
-        if stream.take(msg, arrival) and stream.mode == "client":
-            self._send(frames)  # the coordinator's own frames, unchanged and uncopied
-
-    def _on_close(self, msg: SinkClose, arrival: float) -> None:
+    def _on_close(self, msg: SinkClose) -> None:
         stream = self.streams.pop(msg.stream, None)
         if stream is None:
             self._warn_unknown(msg.stream, "SinkClose")
             # The coordinator waits for a SinkDone; say why there is no real one.
-            self._send(encode(SinkDone(msg.stream, {"error": f"sink has no open stream '{msg.stream}'"})))
+            self._send(encode(SinkDone(msg.stream, {"error": f"sink has no open stream '{msg.stream[:200]}'"})))
             return
         if msg.error:
             log.info("%s: stream '%s' closed with upstream error: %s", self.name, msg.stream, msg.error)
-        stream.close(arrival, cancelled=msg.cancelled)
+        stream.close(cancelled=msg.cancelled)
         if stream.playing():
             self.draining[msg.stream] = stream
         else:
@@ -177,12 +185,14 @@ class Sink:
         if len(self._warned) > MAX_WARNED_STREAMS:
             self._warned.popitem(last=False)
         log.warning("%s: dropping %s for stream '%s' that has no SinkOpen (further drops not logged)",
-                    self.name, what, stream)
+                    self.name, what, stream[:200])
 
     # --- output -----------------------------------------------------------------
 
     def _send(self, frames: list[Any]) -> None:
         self._pending.append(frames)
+        while len(self._pending) > MAX_PENDING:  # nobody reads: the oldest news is the least useful
+            self._pending.popleft()
         self._flush()
 
     def _flush(self) -> bool:
@@ -223,7 +233,7 @@ class Sink:
                 frames = self.inp.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._on_input(frames, time.monotonic())
+            self._on_input(frames)
 
     def _flush_until(self, deadline: float) -> bool:
         while not self._flush():
@@ -300,6 +310,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

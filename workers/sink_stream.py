@@ -1,8 +1,8 @@
-"""One stream held by the sink: its playback clock and where its audio goes.
+"""One stream held by the sink: where its audio goes on the service's machine.
 
 A delivery that fails (a WAV path that cannot be written, no audio device)
-never fails the sink: the stream keeps being measured and its SinkDone
-metrics carry the reason in ``error``.
+never fails the sink: the stream keeps taking audio and its SinkDone metrics
+carry the reason in ``error``.
 """
 
 from __future__ import annotations
@@ -11,25 +11,24 @@ import logging
 import time
 from typing import Any
 
-from pipeline.protocol import AudioBlock, SinkOpen
-from workers.playback import PlaybackClock
+from pipeline.protocol import Audio, SinkOpen
 from workers.speakers import SpeakersError, SpeakersOut
 from workers.wav_out import WavOut, WavOutError
 
 log = logging.getLogger("xtts_stream.sink")
 
-DELIVERY_MODES = ("client", "wav:PATH", "speakers", "none")
+DELIVERY_MODES = ("wav:PATH", "speakers")
 # How long past the end of its audio a speakers stream may take to play out.
 SPEAKERS_GRACE_S = 2.0
 
 
 def parse_deliver(deliver: str) -> tuple[str, str]:
     """``"wav:/a/b.wav"`` -> ``("wav", "/a/b.wav")``; ValueError names the valid forms."""
-    if deliver in ("client", "speakers", "none"):
+    if deliver == "speakers":
         return deliver, ""
     if deliver.startswith("wav:") and deliver[4:]:
         return "wav", deliver[4:]
-    raise ValueError(f"unknown delivery '{deliver}'; valid: {', '.join(DELIVERY_MODES)}")
+    raise ValueError(f"unknown delivery '{deliver[:80]}'; valid: {', '.join(DELIVERY_MODES)}")
 
 
 class SinkStream:
@@ -37,14 +36,16 @@ class SinkStream:
         self.open = open_msg
         self.error = ""
         self.cancelled = False
+        self.samples = 0
+        self.order_violations = 0
         self.rate_mismatches = 0
         self.wav: WavOut | None = None
         self.speakers: SpeakersOut | None = None
         self._wav_path = ""
         self._deadline = 0.0
-        self.clock: PlaybackClock | None = None
+        self._next_offset = 0
+        self._last_seq = -1
         try:
-            self.clock = PlaybackClock(open_msg.sample_rate, open_msg.prebuffer_ms, open_msg.t_accept)
             self.mode, self._wav_path = parse_deliver(open_msg.deliver)
         except ValueError as exc:
             self.mode = "none"
@@ -59,41 +60,37 @@ class SinkStream:
             elif self.mode == "speakers":
                 self.speakers = SpeakersOut(self.open.sample_rate, self.open.prebuffer_ms)
         except (WavOutError, SpeakersError) as exc:
-            self.error = str(exc)
-            log.error("stream '%s': %s", self.open.stream, exc)
+            self.fail(str(exc))
 
-    def take(self, block: AudioBlock, arrival: float) -> bool:
-        """Measure and deliver one block; False when it was dropped."""
-        if self.clock is None:
-            return False
-        if block.sample_rate != self.open.sample_rate:
+    def take(self, span: Audio) -> bool:
+        """Deliver one span; False when it was dropped (a second line of defence behind the reassembler)."""
+        if span.sample_rate != self.open.sample_rate:
             self.rate_mismatches += 1
-            log.warning("stream '%s': dropping block %d at %d Hz; the stream is %d Hz", self.open.stream,
-                        block.seq, block.sample_rate, self.open.sample_rate)
             return False
-        if not self.clock.accept(block.epoch, block.seq, block.sample_count, arrival):
-            log.warning("stream '%s': dropping out-of-order block epoch %d seq %d", self.open.stream,
-                        block.epoch, block.seq)
+        if span.seq <= self._last_seq or span.sample_offset != self._next_offset:
+            self.order_violations += 1
+            log.warning("stream '%s': dropping span seq %d at %d, expected after seq %d at %d", self.open.stream,
+                        span.seq, span.sample_offset, self._last_seq, self._next_offset)
             return False
+        self._last_seq = span.seq
+        self._next_offset += span.sample_count
+        self.samples += span.sample_count
         if self.wav is not None:
             try:
-                self.wav.write(block.pcm)
+                self.wav.write(span.pcm)
             except WavOutError as exc:
-                self._fail(str(exc))
+                self.fail(str(exc))
                 self.wav = None
         if self.speakers is not None:
-            self.speakers.write(block.pcm)
+            self.speakers.write(span.pcm)
         return True
 
-    def close(self, when: float, cancelled: bool) -> None:
+    def close(self, cancelled: bool) -> None:
         self.cancelled = cancelled
-        if self.clock is not None:
-            self.clock.close(when)
         self._close_wav()
         if self.speakers is not None:
             self.speakers.end()
-            audio_s = self.clock.samples / self.clock.sample_rate if self.clock else 0.0
-            self._deadline = time.monotonic() + audio_s + SPEAKERS_GRACE_S
+            self._deadline = time.monotonic() + self.samples / self.open.sample_rate + SPEAKERS_GRACE_S
 
     def playing(self, now: float | None = None) -> bool:
         """True while the speakers still play this stream's audio (bounded by a deadline)."""
@@ -116,17 +113,19 @@ class SinkStream:
         try:
             self.wav.close()
         except WavOutError as exc:
-            self._fail(str(exc))
+            self.fail(str(exc))
         self.wav = None
 
-    def _fail(self, message: str) -> None:
+    def fail(self, message: str) -> None:
         log.error("stream '%s': %s", self.open.stream, message)
         self.error = self.error or message
 
     def metrics(self, note: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.clock.metrics()) if self.clock else {}
-        out.update(deliver=self.mode, cancelled=self.cancelled, error=self.error,
-                   sink_rate_mismatches=self.rate_mismatches)
+        out: dict[str, Any] = {
+            "deliver": self.mode, "cancelled": self.cancelled, "error": self.error,
+            "sink_audio_s": round(self.samples / self.open.sample_rate, 6),
+            "sink_order_violations": self.order_violations, "sink_rate_mismatches": self.rate_mismatches,
+        }
         if self.mode == "wav":
             out["wav_path"] = self._wav_path
         if self.speakers is not None:

@@ -2,7 +2,7 @@
 
 The sink's loop appends PCM; PortAudio's callback thread takes it at the
 sample rate. The device starts once the pre-buffer is full (or at the end of
-a stream shorter than it), like the virtual clock in `workers.playback`; when
+a stream shorter than it), like the virtual clock in `pipeline.playback`; when
 the callback finds too little audio it plays silence and counts an underrun.
 """
 

@@ -39,9 +39,9 @@ class WavOut:
             self._wave.setframerate(sample_rate)
             self._wave.writeframes(b"")  # writes the header now: an empty stream is still a valid file
             self._file.flush()
-        except (OSError, wave.Error) as exc:
+        except (OSError, wave.Error, ValueError, RecursionError) as exc:  # a path the OS refuses in any way
             self._abandon()
-            raise WavOutError(f"cannot write WAV file '{path}': {exc}") from None
+            raise WavOutError(f"cannot write WAV file '{path[:200]}': {type(exc).__name__}: {str(exc)[:200]}") from None
 
     def write(self, pcm: bytes | memoryview) -> None:
         if self._wave is None or self._file is None:

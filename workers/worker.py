@@ -24,6 +24,7 @@ import zmq
 
 from pipeline import protocol as p
 from pipeline.codec import DecodeError, decode, encode
+from pipeline.lifeline import die_with_parent
 from pipeline.runpaths import RunPaths, unlink_ipc
 
 from .engines.base import Engine, JobFailed, PieceOut, SynthJob
@@ -102,23 +103,35 @@ class SynthesisLoop:
         self._sent: dict[tuple, list[p.AudioPiece]] = {}
         self._cancelled_below: dict[str, int] = {}
         self._streams: set[str] = set()  # streams with work here since the engine was last idle
+        self._jobs: dict[tuple, SynthJob] = {}  # accepted and not finished: the load reported
+        self.chars_per_s = engine.info.chars_per_s
+        self._idle_for = 0.0  # an engine that paces itself has nothing before this many seconds
 
     def run(self) -> None:
         while not self.stop_requested:
-            self._take_messages(block=not self.engine.has_work())
+            self._take_messages(wait=self._wait_s())
             if self.stop_requested:
                 break
             if self.engine.has_work():
-                for out in self.engine.step():
+                results = self.engine.step()
+                for out in results:
                     self._send_result(out)
+                ready_in = getattr(self.engine, "next_ready_in", None)
+                self._idle_for = (ready_in() or 0.0) if ready_in is not None and not results else 0.0
             else:
                 self._streams.clear()
+                self._jobs.clear()
             self._beat()
 
-    def _take_messages(self, block: bool) -> None:
-        timeout = self.heartbeat_s if block else 0
+    def _wait_s(self) -> float:
+        """How long to wait for messages: until the next heartbeat when idle, not at all when busy."""
+        if not self.engine.has_work():
+            return self.heartbeat_s
+        return min(self._idle_for, self.heartbeat_s)
+
+    def _take_messages(self, wait: float) -> None:
         try:
-            msgs = [self.io.inbound.get(timeout=timeout) if block else self.io.inbound.get_nowait()]
+            msgs = [self.io.inbound.get(timeout=wait) if wait > 0 else self.io.inbound.get_nowait()]
         except queue.Empty:
             return
         while True:
@@ -135,12 +148,15 @@ class SynthesisLoop:
             self._accept_chunk(msg)
         elif isinstance(msg, p.CancelStream):
             self._remember_cancel(msg.stream, msg.below_epoch)
+            for key in [k for k in self._jobs if k[0] == msg.stream and k[1] < msg.below_epoch]:
+                del self._jobs[key]
             dropped = self.engine.cancel(msg.stream, msg.below_epoch)
             log.debug("cancelled stream %s below epoch %d: %d job(s) dropped", msg.stream, msg.below_epoch, dropped)
         elif isinstance(msg, p.Hello):
             # The new coordinator owns none of the old one's streams: their audio would go nowhere.
             for stream in self._streams:
                 self.engine.cancel(stream)
+            self._jobs.clear()
             log.info("a new coordinator (pid %d) asks for the handshake; %d old stream(s) dropped",
                      msg.coordinator_pid, len(self._streams))
             self._streams.clear()
@@ -177,13 +193,18 @@ class SynthesisLoop:
             self.faults.fire()
             while True:
                 time.sleep(3600)
-        self.engine.add(SynthJob(stream=msg.stream, epoch=msg.epoch, chunk_index=msg.chunk_index, text=msg.text,
-                                 language=msg.language, voice=msg.voice, sampling=dict(msg.sampling),
-                                 priority=msg.priority, forced_tokens=msg.forced_tokens or None))
+        now = time.monotonic()
+        job = SynthJob(stream=msg.stream, epoch=msg.epoch, chunk_index=msg.chunk_index, text=msg.text,
+                       language=msg.language, voice=msg.voice, sampling=dict(msg.sampling), priority=msg.priority,
+                       forced_tokens=msg.forced_tokens or None, deadline=now + max(0.0, msg.due_ms) / 1000,
+                       t_received=now)
+        self._jobs[job.key] = job
+        self.engine.add(job)
 
     def _send_result(self, out: PieceOut | JobFailed) -> None:
         job = out.job
         if isinstance(out, JobFailed):
+            self._jobs.pop(job.key, None)
             self.io.send(p.ChunkFailed(stream=job.stream, epoch=job.epoch, chunk_index=job.chunk_index,
                                        message=out.message))
             return
@@ -192,6 +213,11 @@ class SynthesisLoop:
                              piece_index=out.piece_index, sample_offset=out.sample_offset,
                              sample_count=len(pcm) // 2, sample_rate=self.engine.info.sample_rate,
                              final=out.final, pcm=pcm)
+        if out.piece_index == 0:
+            piece.queued_ms, piece.engine_ms = _stage_ms(job, time.monotonic())
+        if out.final:
+            self._jobs.pop(job.key, None)
+            self._learn_speed(job)
         self.io.send(piece)
         if self.faults.duplicate_chunks:
             # Replay the whole chunk after its last piece: a reassembler that let
@@ -202,11 +228,26 @@ class SynthesisLoop:
                 for again in self._sent.pop(job.key):
                     self.io.send(again)
 
+    def _learn_speed(self, job: SynthJob) -> None:
+        """Characters per second of synthesis, smoothed: the chunker sizes chunks for a non-streaming engine by it."""
+        if job.t_started is None or self.engine.info.streaming or job.stream.startswith("__"):
+            return
+        measured = len(job.text) / max(1e-6, time.monotonic() - job.t_started)
+        self.chars_per_s = measured if not self.chars_per_s else 0.8 * self.chars_per_s + 0.2 * measured
+
     def _beat(self) -> None:
         now = time.monotonic()
         if now - self._last_beat >= self.heartbeat_s:
             self._last_beat = now
-            self.io.send(p.Heartbeat(worker=self.name))
+            memory = getattr(self.engine, "memory_bytes", None)
+            self.io.send(p.Heartbeat(worker=self.name, load=len(self._jobs), chars_per_s=round(self.chars_per_s, 3),
+                                     gpu_memory_bytes=memory() if memory is not None else 0))
+
+
+def _stage_ms(job: SynthJob, now: float) -> tuple[float, float]:
+    """(waiting in the worker, synthesising) before a job's first piece, in ms."""
+    started = job.t_started if job.t_started is not None else job.t_received
+    return round((started - job.t_received) * 1000, 3), round((now - started) * 1000, 3)
 
 
 def serve(run: RunPaths, name: str) -> int:
@@ -231,7 +272,9 @@ def serve(run: RunPaths, name: str) -> int:
         return 2
     info = engine.info
     ready = p.Ready(worker=name, engine=info.engine, model=info.model, sample_rate=info.sample_rate,
-                    dtype=info.dtype, device=info.device, pid=os.getpid(), char_limits=dict(info.char_limits))
+                    dtype=info.dtype, device=info.device, pid=os.getpid(), char_limits=dict(info.char_limits),
+                    voices=list(info.voices)[:1000], capacity=info.capacity, streaming=info.streaming,
+                    chars_per_s=round(info.chars_per_s, 3))
     io.send(ready)
     loop = SynthesisLoop(engine, io, name, settings.service.heartbeat_interval_s, faults, ready)
     if not faults.ignore_sigterm:
@@ -265,6 +308,7 @@ def _start_engine(settings, faults: Faults) -> Engine:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m workers.worker")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--name", default="w0")

@@ -11,6 +11,7 @@ tests can name these types cheaply.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,14 +29,28 @@ class SynthJob:
     language: str = "en"
     voice: str = ""
     sampling: dict[str, Any] = field(default_factory=dict)
-    # Lower runs first: a stream's first chunk beats chunks far ahead of playback.
+    # The chunk's index in its stream: 0 is a first chunk, the one a listener waits for.
     priority: int = 0
     # Set by the benchmark's length policy only: force this many audio tokens.
     forced_tokens: int | None = None
+    # time.monotonic() by which the stream's playback needs this job's first audio: earliest
+    # deadline first. 0 = unknown (ordered by priority, then arrival).
+    deadline: float = 0.0
+    t_received: float = 0.0  # when the worker took the job
+    t_started: float | None = None  # when the engine began synthesising it (set by the engine)
 
     @property
     def key(self) -> tuple[str, int, int]:
         return (self.stream, self.epoch, self.chunk_index)
+
+    @property
+    def order(self) -> tuple[float, int]:
+        """Sort key: the most urgent job first."""
+        return (self.deadline, self.priority)
+
+    def started(self) -> None:
+        if self.t_started is None:
+            self.t_started = time.monotonic()
 
 
 @dataclass
@@ -67,12 +82,16 @@ class EngineError(RuntimeError):
 
 @dataclass
 class EngineInfo:
-    engine: str  # "piper", "xtts-fast", "xtts-stock"
+    engine: str  # "piper", "xtts-fast", "xtts-stock", "null"
     model: str
     sample_rate: int
     dtype: str
     device: str
     char_limits: dict[str, int] = field(default_factory=dict)
+    voices: list[str] = field(default_factory=list)  # speaker names a request may pick
+    capacity: int = 1  # jobs advanced together
+    streaming: bool = True  # audio comes while a chunk is synthesised, not only at its end
+    chars_per_s: float = 0.0  # characters synthesised per second, if the engine measured it
 
 
 class Engine(Protocol):
@@ -95,6 +114,9 @@ class Engine(Protocol):
 
     def close(self) -> None:
         ...
+
+    # Optional: `next_ready_in() -> float | None`, seconds until step() will have something
+    # (an engine that paces itself); `memory_bytes() -> int`, memory held on its device.
 
 
 def to_pcm16(samples: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Queued jobs of a one-job-at-a-time engine: lowest priority value first, then arrival order."""
+"""Queued jobs of a one-job-at-a-time engine: earliest deadline first, then priority, then arrival."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ def is_cancelled(job: SynthJob, stream: str, below_epoch: int | None) -> bool:
 
 class JobQueue:
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, SynthJob]] = []
+        self._heap: list[tuple[tuple[float, int], int, SynthJob]] = []
         self._order = itertools.count()
 
     def push(self, job: SynthJob) -> None:
-        heapq.heappush(self._heap, (job.priority, next(self._order), job))
+        heapq.heappush(self._heap, (job.order, next(self._order), job))
 
     def pop(self) -> SynthJob | None:
         return heapq.heappop(self._heap)[2] if self._heap else None

@@ -12,6 +12,7 @@ would make each chunk of a stream a different loudness.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from pathlib import Path
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PIECE_SECONDS = 0.25
 WARM_UP_TEXT = "Hello there, friend."
+SPEED_TEXT = "The old lighthouse keeper lit the lamp, and the boats came home one by one."
 # Piper takes any length; this only bounds how much text one chunk may carry.
 CHAR_LIMIT = 1000
 
@@ -47,12 +49,16 @@ class PiperEngine:
         rate = int(self.voice.config.sample_rate)
         self.piece_samples = max(1, round(piece_seconds * rate))
         self.info = EngineInfo(engine="piper", model=self.name, sample_rate=rate, dtype="fp32", device="cpu",
-                               char_limits={"en": CHAR_LIMIT})
+                               char_limits={"en": CHAR_LIMIT}, voices=[self.name], capacity=1, streaming=False)
         self._queue = JobQueue()
         self._pieces: deque[PieceOut] = deque()
 
     def warm_up(self) -> None:
         self._synthesize(SynthJob("warm-up", 0, 0, WARM_UP_TEXT))
+        # Timed on a warm model: what the chunker sizes chunks by (Piper speaks a chunk whole).
+        t0 = time.perf_counter()
+        self._synthesize(SynthJob("warm-up", 0, 1, SPEED_TEXT))
+        self.info.chars_per_s = len(SPEED_TEXT) / max(1e-6, time.perf_counter() - t0)
 
     def add(self, job: SynthJob) -> None:
         self._queue.push(job)
@@ -72,6 +78,7 @@ class PiperEngine:
             job = self._queue.pop()
             if job is None:
                 return []
+            job.started()
             try:
                 audio = self._synthesize(job)
             except ValueError as exc:

@@ -33,6 +33,12 @@ XTTS_SR = 22050
 DEFAULT_SAMPLE = Path("samples") / "en_sample.wav"
 
 
+def speaker_names(model: Any) -> list[str]:
+    """The speaker names a checkpoint ships (its speakers file), in the file's order."""
+    manager = getattr(model, "speaker_manager", None)
+    return list(getattr(manager, "speakers", None) or {})
+
+
 class VoiceError(ValueError):
     """A voice that cannot be used: unknown name, unreadable or too short audio."""
 
@@ -71,8 +77,7 @@ class VoiceCache:
         self._file_keys: dict[tuple[str, int, int], str] = {}
 
     def speaker_names(self) -> list[str]:
-        manager = getattr(self.model, "speaker_manager", None)
-        return list(manager.speakers) if manager is not None else []
+        return speaker_names(self.model)
 
     def default_name(self) -> str:
         """What voice "" means for this checkpoint."""

@@ -27,7 +27,7 @@ from transformers import LogitsProcessorList
 from workers.engines.base import EngineError, EngineInfo, JobFailed, PieceOut, SynthJob, to_pcm16
 from workers.engines.job_queue import JobQueue, is_cancelled
 from workers.engines.length_policy import ForcedLengthProcessor, forced_tokens
-from workers.engines.voices import VoiceCache, VoiceError, load_for_service
+from workers.engines.voices import VoiceCache, VoiceError, load_for_service, speaker_names
 from workers.engines.xtts_model import dtype_name
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class StockXttsEngine:
             dtype="fp32",
             device=str(model.device),
             char_limits=dict(model.tokenizer.char_limits),
+            voices=speaker_names(model), capacity=1, streaming=True,
         )
         self._languages = {lang.split("-")[0] for lang in config.languages}
         self._queue = JobQueue()
@@ -123,6 +124,7 @@ class StockXttsEngine:
             job = self._queue.pop()
             if job is None:
                 return []
+            job.started()
             try:
                 self._running = self._start(job)
             except JobRejected as exc:

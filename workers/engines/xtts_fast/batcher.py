@@ -3,11 +3,11 @@
 A job joins the running batch at the next step (after its prefill) and leaves as
 soon as it stops; running jobs always occupy slots 0..n-1, so a decode step is
 one batched call over the first n cache rows (and a captured graph per batch
-size stays valid). Waiting jobs are admitted by (priority, arrival): a stream's
-first chunk has priority 0 and beats chunks generated ahead of playback; the
-engine may hold back every job above priority 0 for a while (`next_waiting`'s
-`max_priority`) so later chunks neither share a prefill with first chunks nor
-delay their first pieces.
+size stays valid). Waiting jobs are admitted earliest deadline first (a job's
+deadline is when its stream's listener needs its audio; a first chunk's is the
+moment it arrived), then by priority and arrival; the engine may hold back later
+chunks that are not urgent for a while (`next_waiting`'s ``hold``) so they
+neither share a prefill with first chunks nor delay their first pieces.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class Running:
     sampling: object = None  # its SamplingParams
     pieces_launched: int = 0  # vocoder pieces planned (piece_index counts those returned)
     final_launched: bool = False
+    tokens_launched: int = 0  # latents sent to the vocoder so far
 
     @property
     def cache_pos(self) -> int:
@@ -64,7 +65,7 @@ class Running:
 
 @dataclass(order=True)
 class _Waiting:
-    priority: int
+    order: tuple[float, int]
     seq: int
     job: SynthJob = field(compare=False)
 
@@ -75,12 +76,11 @@ class Batcher:
         self.running: list[Running] = []  # index == slot
         self._waiting: list[_Waiting] = []
         self._seq = itertools.count()
+        self._first_waiting = 0  # first chunks among the waiting
 
     def add(self, job: SynthJob) -> None:
-        heapq.heappush(self._waiting, _Waiting(job.priority, next(self._seq), job))
-
-    def waiting(self) -> int:
-        return len(self._waiting)
+        heapq.heappush(self._waiting, _Waiting(job.order, next(self._seq), job))
+        self._first_waiting += job.priority <= 0
 
     def has_work(self) -> bool:
         return bool(self._waiting or self.running)
@@ -88,19 +88,24 @@ class Batcher:
     def free_slots(self) -> int:
         return self.slots - len(self.running)
 
-    def next_waiting(self, max_priority: int | None = None) -> SynthJob | None:
-        """The first waiting job by (priority, arrival), or None; jobs above `max_priority` stay waiting."""
+    def next_waiting(self, hold: bool = False, now: float = 0.0,
+                     urgent: Callable[[SynthJob, float, float], bool] | None = None) -> SynthJob | None:
+        """The most urgent waiting job, or None; while ``hold``, a later chunk only if it is ``urgent``.
+
+        Later chunks that are not urgent have later deadlines than any first chunk
+        waiting beside them, so looking at the top of the heap is enough.
+        """
         if not self._waiting:
             return None
-        if max_priority is not None and self._waiting[0].priority > max_priority:
+        top = self._waiting[0].job
+        if hold and top.priority > 0 and not (urgent is not None and urgent(top, 0.0, now)):
             return None
-        return heapq.heappop(self._waiting).job
+        heapq.heappop(self._waiting)
+        self._first_waiting -= top.priority <= 0
+        return top
 
     def first_chunks_waiting(self) -> bool:
-        return bool(self._waiting) and self._waiting[0].priority <= 0
-
-    def later_chunks_waiting(self) -> bool:
-        return any(w.priority > 0 for w in self._waiting)
+        return self._first_waiting > 0
 
     def place(self, make: Callable[[int], Running]) -> Running:
         """Put a new running job in the next free slot."""
@@ -117,6 +122,7 @@ class Batcher:
         dropped = len(self._waiting) - len(kept)
         heapq.heapify(kept)
         self._waiting = kept
+        self._first_waiting = sum(w.job.priority <= 0 for w in kept)
         return dropped, [r for r in self.running if hit(r.job) and not r.done]
 
     def compact(self, move: Callable[[int, int, Running], None]) -> list[Running]:

@@ -26,13 +26,14 @@ from typing import Any, Callable
 import torch
 
 from workers.engines.base import EngineInfo, JobFailed, PieceOut, SynthJob
+from workers.engines.voices import speaker_names
 from workers.engines.xtts_fast.batcher import Batcher, Running
 from workers.engines.xtts_fast.frames import FrameChain
 from workers.engines.xtts_fast.gpt_decoder import GptDecoder, device_tensor
 from workers.engines.xtts_fast.graphs import DecodeRunner
 from workers.engines.xtts_fast.sampling import Sampler, SamplingParams
 from workers.engines.xtts_fast.pieces import PieceDispatcher
-from workers.engines.xtts_fast.scheduling import FirstPiecesFirst
+from workers.engines.xtts_fast.scheduling import FirstPiecesFirst, urgent
 from workers.engines.xtts_fast.vocoder import (
     IncrementalVocoder, VocoderSettings, VocoderStream, fold_weight_norm, window_widths,
 )
@@ -125,6 +126,7 @@ class FastXttsEngine:
             engine="xtts-fast", model=model_name, sample_rate=int(self.args.output_sample_rate),
             dtype=DTYPE_NAMES[dtype], device=str(self.device),
             char_limits=dict(getattr(model.tokenizer, "char_limits", {}) or {}),
+            voices=speaker_names(model), capacity=self.settings.slots, streaming=True,
         )
 
     # -- Engine protocol ----------------------------------------------------------------
@@ -171,7 +173,7 @@ class FastXttsEngine:
             out += self.pieces.collect()  # last step's vocoder work overlapped this decode
         for launched in previous:
             self._confirm(launched)
-        self.pieces.launch(self.batcher.running, self.latents, hold)
+        self.pieces.launch(self.batcher.running, self.latents, hold, time.monotonic())
         self.batcher.compact(self._move)
         if not self.pieces.overlap or decoding is None:
             out += self.pieces.collect()
@@ -209,6 +211,9 @@ class FastXttsEngine:
         torch.cuda.synchronize(self.device)
         return count
 
+    def memory_bytes(self) -> int:
+        return int(torch.cuda.memory_allocated(self.device)) if self.cuda else 0
+
     def close(self) -> None:
         self.pieces.clear()
         self._decoding = []
@@ -220,11 +225,13 @@ class FastXttsEngine:
     # -- admission and prefill ----------------------------------------------------------
 
     def _admit(self, hold: bool) -> None:
-        """Start waiting jobs with one batched prefill; while `hold`, only first chunks (priority 0)."""
+        """Start waiting jobs with one batched prefill, most urgent first; while `hold`, only first
+        chunks (priority 0) and later chunks close to their deadline."""
         new: list[tuple[Running, torch.Tensor]] = []
+        now = time.monotonic()
         limit = min(self.batcher.free_slots(), self.settings.max_prefills_per_step)
         while len(new) < limit:
-            job = self.batcher.next_waiting(max_priority=0 if hold else None)
+            job = self.batcher.next_waiting(hold, now, urgent)
             if job is None:
                 break
             try:
@@ -265,6 +272,7 @@ class FastXttsEngine:
         if len(tokens) >= self.args.gpt_max_text_tokens:
             raise ValueError(f"text is {len(tokens)} tokens; XTTS takes fewer than {self.args.gpt_max_text_tokens}")
         cond, speaker = self._voice(job.voice)
+        job.started()
         with torch.inference_mode():
             prefix = self.decoder.prefix_embedding(cond, device_tensor(tokens, self.device))
         room = self.settings.max_len - prefix.shape[0] + 1

@@ -15,6 +15,8 @@ import torch
 
 from workers.engines.base import PieceOut, to_pcm16
 from workers.engines.xtts_fast.batcher import Running
+from workers.engines.xtts_fast.scheduling import TOKEN_S
+from workers.engines.xtts_fast.scheduling import urgent as is_urgent
 from workers.engines.xtts_fast.vocoder import IncrementalVocoder, PieceAudio, PieceRequest, VocoderStream
 
 
@@ -46,13 +48,16 @@ class PieceDispatcher:
     def clear(self) -> None:
         self._pending.clear()
 
-    def launch(self, running: list[Running], latents: torch.Tensor, hold: bool) -> None:
+    def launch(self, running: list[Running], latents: torch.Tensor, hold: bool, now: float = 0.0) -> None:
         """Send every job at a piece boundary to the vocoder (`latents` [slots, T, d]); while `hold`,
-        only first chunks. First pieces of first chunks go in a call of their own, launched first."""
+        only first chunks and jobs close to their deadline. First pieces of first chunks go in a call
+        of their own, launched first."""
         urgent: list[PieceRequest] = []
         other: list[PieceRequest] = []
         for run in running:
-            if run.cancelled or run.final_launched or (hold and not run.first_chunk):
+            if run.cancelled or run.final_launched:
+                continue
+            if hold and not run.first_chunk and not is_urgent(run.job, run.tokens_launched * TOKEN_S, now):
                 continue
             target = self._piece_target(run)
             if target is None:
@@ -68,6 +73,7 @@ class PieceDispatcher:
             (urgent if run.awaits_first_piece else other).append(req)
             run.pieces_launched += 1
             run.final_launched = final
+            run.tokens_launched = known
             run.next_piece_at = known + run.piece_tokens
         if urgent:
             self._run(urgent, urgent=True)

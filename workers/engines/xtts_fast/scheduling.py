@@ -10,16 +10,30 @@ with the first chunks') and their vocoder pieces wait (they would share the
 vocoder call, and the GPU, with the first pieces). Running later chunks keep
 decoding: a row more in the batched GPT step costs next to nothing.
 
-Under a steady arrival of new streams the hold could last forever and starve
-playback of later chunks, so it lapses for one step after `max_steps` steps in a
-row.
+The hold never applies to a job whose stream is about to run out of audio:
+each job carries its stream's playback deadline (the coordinator's estimate of
+when the listener needs it), and a later chunk within `URGENT_S` of its
+deadline is admitted and vocoded like a first chunk - earliest deadline first,
+so streams close to an underrun are served before streams far ahead. Under a
+steady arrival of new streams the hold could still last long enough to starve
+later chunks without deadlines, so it lapses for one step after `max_steps`
+steps in a row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workers.engines.base import SynthJob
 from workers.engines.xtts_fast.batcher import Batcher
+
+URGENT_S = 0.5  # a later chunk this close to its stream's underrun is not held back
+TOKEN_S = 1024 / 22050  # audio per GPT token at speed 1 (XTTS-v2's code stride at 22.05 kHz)
+
+
+def urgent(job: SynthJob, audio_s_done: float, now: float) -> bool:
+    """Whether the job's stream would run out of audio within URGENT_S (known deadlines only)."""
+    return job.deadline > 0 and job.deadline + audio_s_done <= now + URGENT_S
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """A virtual real-time playback clock: what a listener would have heard, and when.
 
-The sink feeds it each block's arrival time (``time.monotonic()``) and length;
-it never sleeps and touches no device, so the same arrival times always give
-the same metrics. The model is a player with a pre-buffer:
+The coordinator feeds it the time each span of a stream's audio leaves for its
+listener (``time.monotonic()``) and its length; it never sleeps and touches no
+device, so the same times always give the same metrics. The same clock paces
+delivery (`pipeline.coordinator.pacing`) and counts underruns in every
+benchmark. The model is a player with a pre-buffer:
 
 * Playback starts when ``prebuffer_ms`` of audio has arrived, at the arrival
   time of the block that completed the pre-buffer; a stream shorter than the
@@ -100,6 +102,22 @@ class PlaybackClock:
         """When the audio received so far has been played out (the next block's due time)."""
         assert self._anchor is not None
         return self._anchor.time + (self.samples - self._anchor.sample) / self.sample_rate
+
+    def played(self, now: float) -> int:
+        """Samples a real-time listener has heard by ``now`` (it never plays what has not arrived)."""
+        if self._anchor is None:
+            return 0
+        return min(self.samples, self._anchor.sample + max(0, int((now - self._anchor.time) * self.sample_rate)))
+
+    def when_played(self, sample: int) -> float | None:
+        """When playback reaches ``sample`` if no underrun intervenes; None before playback starts."""
+        if self._anchor is None:
+            return None
+        return self._anchor.time + (sample - self._anchor.sample) / self.sample_rate
+
+    @property
+    def started(self) -> bool:
+        return self._anchor is not None
 
     @property
     def playback_end(self) -> float | None:

@@ -1,0 +1,394 @@
+"""The coordinator's shell: sockets, the event loop and the clock around `CoordinatorCore`.
+
+Every socket is read without awaiting per message: its file descriptor wakes
+the loop, and everything that has arrived is read in one go (at most ``BATCH``
+per socket per round, so no socket starves the others), handed to the core, and
+what the core decided is sent before the next round. Timers drive the pacing
+wake-ups, housekeeping and the slicing of long texts; a probe measures how long
+the loop ever stalls.
+
+Clients that vanish are noticed three ways: a send to them fails
+(ROUTER_MANDATORY), ZeroMQ's heartbeat times their connection out, or the
+socket monitor reports their connection closed; messages carry the file
+descriptor they came from (ZMQ_SRCFD), so a closed connection names the clients
+it carried and their streams are freed at once, not at their next send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from .. import protocol as p
+from ..codec import DecodeError, decode, encode
+from ..runpaths import RunPaths, unlink_ipc
+from ..security import apply_server_security
+from ..settings import Settings
+from .core import CLIENT, KILL, SINK, WORKER, CoordinatorCore
+from .outbox import ClientOutbox
+
+log = logging.getLogger("xtts_stream.coordinator")
+
+BATCH = 256  # messages read from one socket per round
+CLIENT_PATIENCE_S = 30.0  # a client that takes no reply for this long is given up
+CLIENT_RCVHWM = 64  # requests queued per client connection before ZeroMQ stops reading it
+SINK_HWM = 100_000
+WORKER_HWM = 100_000
+LAG_PROBE_S = 0.01
+
+
+class CoordinatorShell:
+    def __init__(self, settings: Settings, run: RunPaths):
+        self.settings = settings
+        svc = settings.service
+        self.run = run
+        self.core = CoordinatorCore(settings, boot_id=f"{os.getpid():x}")
+        self.ctx = zmq.Context()
+        self.clients = self._socket(zmq.ROUTER)
+        self.clients.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.clients.setsockopt(zmq.MAXMSGSIZE, svc.max_message_bytes)
+        self.clients.setsockopt(zmq.SNDHWM, svc.max_queued_messages_per_client)
+        self.clients.setsockopt(zmq.RCVHWM, CLIENT_RCVHWM)
+        # ZeroMQ heartbeats close a TCP connection whose peer vanished without a word.
+        self.clients.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        self.clients.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        self.workers = self._socket(zmq.ROUTER)
+        self.workers.setsockopt(zmq.SNDHWM, WORKER_HWM)
+        self.sink_push = self._socket(zmq.PUSH)
+        self.sink_push.setsockopt(zmq.SNDHWM, SINK_HWM)
+        self.sink_pull = self._socket(zmq.PULL)
+        self.ctl = self._socket(zmq.PULL)
+        self.monitor: zmq.Socket | None = None
+        self.exit_code = 0
+        self._inputs = [(self.clients, self._on_client), (self.workers, self._on_worker),
+                        (self.sink_pull, self._on_sink), (self.ctl, self._on_ctl)]
+        self._outboxes: dict[bytes, ClientOutbox] = {}
+        self._fd_clients: dict[int, set[bytes]] = {}
+        self._client_fd: dict[bytes, int] = {}
+        self._pidfds: dict[bytes, int] = {}
+        self._bound: list[str] = []
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._service_scheduled = False
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._wake_at: float | None = None
+        self._pumping = False
+        self._auth = None
+        self.lag_max_ms = 0.0
+        self.lag_recent_ms = 0.0
+        self.internal_errors = 0
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def serve(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sock, endpoint in ((self.workers, self.run.workers), (self.sink_push, self.run.sink_in),
+                               (self.sink_pull, self.run.sink_out), (self.ctl, self.run.ctl("coordinator"))):
+            sock.bind(endpoint)
+            self._bound.append(endpoint)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        svc = self.settings.service
+        self._auth = apply_server_security(self.clients, svc.client_endpoint, svc.curve_keys_dir)
+        self.monitor = self.clients.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.clients.bind(svc.client_endpoint)
+        self._bound.append(svc.client_endpoint)
+        log.info("listening for clients on %s", svc.client_endpoint)
+        for sock in [s for s, _ in self._inputs] + [self.monitor]:
+            loop.add_reader(sock.getsockopt(zmq.FD), self._schedule_service)
+        tasks = [asyncio.create_task(self._housekeeping()), asyncio.create_task(self._lag_probe())]
+        self._schedule_service()
+        stop = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if stop not in done:  # a loop ended: this coordinator is half deaf, let the supervisor replace it
+            log.critical("a coordinator task ended unexpectedly: %s", [t.exception() for t in done])
+            self.exit_code = 1
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self.core.shutdown()
+        self._flush()
+        for fd in [s.getsockopt(zmq.FD) for s, _ in self._inputs] + [self.monitor.getsockopt(zmq.FD)]:
+            self._loop.remove_reader(fd)
+        for pidfd in self._pidfds.values():
+            self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+        self.clients.disable_monitor()
+        self.monitor.close()
+        self.clients.close(linger=500)  # the shutting_down errors just queued must reach their clients
+        self.ctx.destroy(linger=0)
+        for endpoint in self._bound:
+            unlink_ipc(endpoint)
+        log.info("coordinator stopped")
+
+    # -- the service round ---------------------------------------------------
+
+    def _schedule_service(self) -> None:
+        if not self._service_scheduled:
+            self._service_scheduled = True
+            self._loop.call_soon(self._service)
+
+    def _service(self) -> None:
+        """Read what has arrived on every socket, let the core decide, send what it decided."""
+        self._service_scheduled = False
+        more = False
+        for sock, handle in self._inputs:
+            count = 0
+            while count < BATCH and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                count += 1
+                self._safely(handle, frames)
+            more |= count == BATCH
+        self._read_monitor()
+        self._flush()
+        self._drain_outboxes()
+        self._arm_wake()
+        if more or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for s, _ in self._inputs):
+            self._schedule_service()  # the rest next round: other callbacks run first
+
+    def _safely(self, handle, frames) -> None:
+        try:
+            handle(frames)
+        except Exception:  # a bug must fail one message, never the coordinator
+            self.internal_errors += 1
+            log.exception("handling a message failed")
+
+    def _on_client(self, frames: list) -> None:
+        identity = frames[0].bytes
+        self._track_connection(identity, frames[0])
+        try:
+            self.core.client_frames(identity, frames[1:], time.monotonic())
+        except Exception as exc:
+            self.internal_errors += 1
+            log.exception("request from client %s failed", identity.hex())
+            self.core.reply(identity, p.Error(code="internal", message=f"internal error: {type(exc).__name__}"))
+        if self.core.unchunked:
+            self._start_pump()
+
+    def _on_worker(self, frames: list) -> None:
+        identity = frames[0].bytes
+        self.core.worker_frames(identity, frames[1:], time.monotonic())
+        if identity not in self._pidfds and identity in self.core.workers.workers:
+            self._watch(identity, self.core.workers.workers[identity].ready.pid)
+
+    def _on_sink(self, frames: list) -> None:
+        msg = decode(frames)
+        if isinstance(msg, p.SinkDone):
+            self.core.sink_done(msg, time.monotonic())
+
+    def _on_ctl(self, frames: list) -> None:
+        msg = decode(frames)
+        if isinstance(msg, p.Shutdown):
+            log.info("shutdown requested: %s", msg.reason or "no reason given")
+            self._stop.set()
+        elif isinstance(msg, p.StatusReply):  # the supervisor's view of process health
+            self.core.supervisor_health(msg)
+
+    # -- what the core decided -----------------------------------------------
+
+    def _flush(self) -> None:
+        for dest, address, msg in self.core.take():
+            if dest == CLIENT:
+                self._to_client(address, msg)
+            elif dest == WORKER:
+                self._to_worker(address, msg)
+            elif dest == SINK:
+                self._to_sink(msg)
+            elif dest == KILL:
+                self._kill(address)
+        if self.core.out:  # a send failure made the core decide more (a stream failed)
+            self._flush()
+
+    def _to_client(self, identity: bytes, msg: p.Message) -> None:
+        if isinstance(msg, p.StatusReply):
+            msg.state.update(self._shell_status())
+        frames = [identity, *encode(msg)]
+        box = self._outboxes.get(identity)
+        if box is None:
+            try:
+                self.clients.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:  # its ZeroMQ queue is full: later replies wait in order behind this one
+                svc = self.settings.service
+                box = self._outboxes[identity] = ClientOutbox(identity, svc.max_client_backlog_s,
+                                                              svc.max_client_backlog_bytes, CLIENT_PATIENCE_S,
+                                                              time.monotonic())
+            except zmq.ZMQError as exc:  # the client went away (ROUTER_MANDATORY)
+                log.info("client %s unreachable (%s); dropping its streams", identity.hex(), exc.strerror)
+                self._client_gone(identity)
+                return
+        if not box.offer(msg, frames) and isinstance(msg, p.Audio):
+            self.core.audio_dropped(identity, msg)
+
+    def _drain_outboxes(self) -> None:
+        if not self._outboxes:
+            return
+        now = time.monotonic()
+        for identity, box in list(self._outboxes.items()):
+            result = box.drain(self.clients, now)
+            if result is None:
+                log.warning("client %s took nothing for %.0f s or is unreachable; %d replies dropped, client "
+                            "given up", identity.hex(), box.patience_s, len(box.queue))
+                del self._outboxes[identity]
+                self._client_gone(identity)
+            elif result:
+                del self._outboxes[identity]
+        if self._outboxes:
+            self._loop.call_later(0.005, self._schedule_service)
+
+    def _to_worker(self, identity: bytes, msg: p.Message) -> None:
+        try:
+            self.workers.send_multipart([identity, *encode(msg)], flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:  # its queue is full or it is gone: its death is noticed elsewhere
+            log.warning("could not send %s to worker %r: %s", type(msg).__name__, identity, exc.strerror)
+
+    def _to_sink(self, msg: p.Message) -> None:
+        try:
+            self.sink_push.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # no sink connected (it is restarting): what depends on it fails now
+            if not isinstance(msg, p.SinkClose):
+                self.core.sink_unreachable(msg)
+
+    def _kill(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    # -- clients coming and going --------------------------------------------
+
+    def _track_connection(self, identity: bytes, frame: zmq.Frame) -> None:
+        """Remember which connection (file descriptor) carries each client."""
+        fd = frame.get(zmq.SRCFD)
+        if self._client_fd.get(identity) == fd:
+            return
+        # A disconnect of an earlier holder of this descriptor was queued before this
+        # connection existed: apply it first, so it cannot be mistaken for this one's.
+        self._read_monitor()
+        old = self._client_fd.get(identity)
+        if old is not None:
+            self._fd_clients.get(old, set()).discard(identity)
+        self._client_fd[identity] = fd
+        self._fd_clients.setdefault(fd, set()).add(identity)
+
+    def _read_monitor(self) -> None:
+        while self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                for identity in self._fd_clients.pop(event["value"], set()):
+                    if self._client_fd.get(identity) == event["value"]:
+                        log.info("client %s disconnected", identity.hex())
+                        self._client_gone(identity)
+
+    def _client_gone(self, identity: bytes) -> None:
+        self._outboxes.pop(identity, None)
+        fd = self._client_fd.pop(identity, None)
+        if fd is not None:
+            self._fd_clients.get(fd, set()).discard(identity)
+        self.core.client_gone(identity, time.monotonic())
+
+    # -- workers' processes --------------------------------------------------
+
+    def _watch(self, identity: bytes, pid: int) -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError) as exc:  # not Linux, or the process is already gone
+            log.warning("cannot watch worker %r pid %d: %s", identity, pid, exc)
+            return
+        old = self._pidfds.pop(identity, None)
+        if old is not None:
+            self._loop.remove_reader(old)
+            os.close(old)
+        self._pidfds[identity] = pidfd
+        self._loop.add_reader(pidfd, self._worker_exited, identity, pid, pidfd)
+
+    def _worker_exited(self, identity: bytes, pid: int, pidfd: int) -> None:
+        self._loop.remove_reader(pidfd)
+        os.close(pidfd)
+        if self._pidfds.get(identity) == pidfd:
+            del self._pidfds[identity]
+        self.core.worker_exited(identity, pid, time.monotonic())
+        self._flush()
+
+    # -- timers ----------------------------------------------------------------
+
+    def _arm_wake(self) -> None:
+        """One timer for the earliest paced send."""
+        wake = self.core.next_wake()
+        if wake is None or (self._wake_at is not None and self._wake_at <= wake):
+            return
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+        self._wake_at = wake
+        self._wake_handle = self._loop.call_later(max(0.0, wake - time.monotonic()), self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake_handle = self._wake_at = None
+        self.core.tick(time.monotonic())
+        self._flush()
+        self._arm_wake()
+
+    def _start_pump(self) -> None:
+        if not self._pumping:
+            self._pumping = True
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """One slice of long text per turn of the loop: other clients are served in between."""
+        try:
+            more = self.core.pump(time.monotonic())
+        except Exception:
+            self.internal_errors += 1
+            log.exception("chunking failed")
+            more = False
+        self._flush()
+        self._arm_wake()
+        self._pumping = more
+        if more:
+            self._loop.call_soon(self._pump)
+
+    async def _housekeeping(self) -> None:
+        interval = max(0.05, self.settings.service.heartbeat_interval_s)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.core.housekeeping(time.monotonic())
+            except Exception:
+                self.internal_errors += 1
+                log.exception("housekeeping failed")
+            self._flush()
+            self._drain_outboxes()
+
+    async def _lag_probe(self) -> None:
+        """How late the loop wakes a sleeper: the longest time anything waited for it."""
+        recent: list[float] = []
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(LAG_PROBE_S)
+            lag = max(0.0, (time.monotonic() - t0 - LAG_PROBE_S) * 1000)
+            self.lag_max_ms = max(self.lag_max_ms, lag)
+            recent.append(lag)
+            if len(recent) >= 100:
+                self.lag_recent_ms = max(recent)
+                recent.clear()
+
+    def _shell_status(self) -> dict[str, Any]:
+        return {"clients_waiting": len(self._outboxes), "connections": len(self._fd_clients),
+                "loop_lag_ms_max": round(self.lag_max_ms, 3), "loop_lag_ms_recent": round(self.lag_recent_ms, 3),
+                "internal_errors": self.internal_errors}

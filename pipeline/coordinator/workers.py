@@ -1,0 +1,115 @@
+"""The coordinator's view of its workers: who is ready, alive, holding what, and how loaded.
+
+Pure bookkeeping: the shell watches processes and sockets and tells the core,
+which asks this registry. A worker is dead when it says so (DEAD), when its
+process exits (the shell's pidfd sentinel), or when it stays silent longer than
+the heartbeat timeout (alive but hung: the core has it killed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ..protocol import Heartbeat, Ready, SynthChunk
+
+log = logging.getLogger("xtts_stream.workers")
+
+ChunkKey = tuple[str, int, int]  # stream, epoch, chunk index
+
+
+@dataclass
+class WorkerHandle:
+    identity: bytes
+    ready: Ready
+    last_beat: float
+    inflight: dict[ChunkKey, SynthChunk] = field(default_factory=dict)
+    alive: bool = True
+    load: int = 0  # jobs it reported holding
+    chars_per_s: float = 0.0
+    gpu_memory_bytes: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.ready.worker
+
+    @property
+    def busy(self) -> float:
+        """Chunks held per batch slot."""
+        return len(self.inflight) / max(1, self.ready.capacity)
+
+    def describe(self, now: float) -> dict[str, object]:
+        r = self.ready
+        return {"name": r.worker, "pid": r.pid, "engine": r.engine, "device": r.device, "capacity": r.capacity,
+                "inflight": len(self.inflight), "load": self.load, "chars_per_s": round(self.chars_per_s, 1),
+                "gpu_memory_bytes": self.gpu_memory_bytes, "silent_s": round(now - self.last_beat, 3)}
+
+
+class WorkerRegistry:
+    def __init__(self, heartbeat_timeout_s: float):
+        self.timeout = heartbeat_timeout_s
+        self.workers: dict[bytes, WorkerHandle] = {}
+        self.deaths = 0
+        self.last_death: dict[str, object] = {}
+
+    def ready(self, identity: bytes, msg: Ready, now: float) -> tuple[WorkerHandle, WorkerHandle | None]:
+        """Register a handshake: (the worker, a dead predecessor under the same name, if any)."""
+        old = self.workers.get(identity)
+        if old is not None and old.ready.pid == msg.pid:  # a repeated handshake: same process, same work
+            old.last_beat = now
+            return old, None
+        worker = WorkerHandle(identity, msg, now, chars_per_s=msg.chars_per_s)
+        self.workers[identity] = worker
+        log.info("worker %s ready: engine=%s model=%s dtype=%s device=%s rate=%d pid=%d capacity=%d", msg.worker,
+                 msg.engine, msg.model, msg.dtype, msg.device, msg.sample_rate, msg.pid, msg.capacity)
+        return worker, old
+
+    def beat(self, identity: bytes, now: float, msg: Heartbeat | None = None) -> WorkerHandle | None:
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.last_beat = now
+            if msg is not None:
+                worker.load = msg.load
+                worker.chars_per_s = msg.chars_per_s or worker.chars_per_s
+                worker.gpu_memory_bytes = msg.gpu_memory_bytes
+        return worker
+
+    def any_ready(self) -> WorkerHandle | None:
+        return next(iter(self.workers.values()), None)
+
+    def pick(self) -> WorkerHandle | None:
+        """The live worker with the most free capacity."""
+        return min(self.workers.values(), key=lambda w: w.busy, default=None)
+
+    def remove(self, worker: WorkerHandle, reason: str, now_wall: float) -> bool:
+        """Declare a worker dead; False when it already was."""
+        if not worker.alive:
+            return False
+        worker.alive = False
+        self.deaths += 1
+        self.last_death = {"worker": worker.name, "pid": worker.ready.pid, "reason": reason, "at": now_wall}
+        if self.workers.get(worker.identity) is worker:
+            del self.workers[worker.identity]
+        log.error("worker %s (pid %d) is dead: %s; %d chunk(s) to dispatch again", worker.name,
+                  worker.ready.pid, reason, len(worker.inflight))
+        return True
+
+    def hung(self, now: float) -> list[WorkerHandle]:
+        return [w for w in self.workers.values() if now - w.last_beat > self.timeout]
+
+    def dispatch(self, worker: WorkerHandle, chunk: SynthChunk) -> None:
+        worker.inflight[(chunk.stream, chunk.epoch, chunk.chunk_index)] = chunk
+
+    def settle(self, worker: WorkerHandle, key: ChunkKey) -> None:
+        worker.inflight.pop(key, None)
+
+    def holding(self, stream: str, below_epoch: int) -> list[WorkerHandle]:
+        """Workers that hold chunks of ``stream`` older than ``below_epoch`` (forgotten here as of now)."""
+        out = []
+        for worker in self.workers.values():
+            keys = [k for k in worker.inflight if k[0] == stream and k[1] < below_epoch]
+            for key in keys:
+                del worker.inflight[key]
+            if keys:
+                out.append(worker)
+        return out

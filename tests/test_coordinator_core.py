@@ -1,0 +1,344 @@
+"""The coordinator's core without sockets or processes: every stream decision, message in, messages out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import protocol as p
+from pipeline.codec import encode
+from pipeline.coordinator.core import CLIENT, KILL, SINK, TEXT_SLICE, WORKER, CoordinatorCore
+from pipeline.settings import load_settings
+
+RATE = 24000
+W = b"w0-1"
+C = b"client-1"
+TEXT = "Hello there, my friend. The weather is fine today, and the sea is calm."
+
+
+def core_with(**service) -> CoordinatorCore:
+    settings = load_settings().with_service(**service)
+    core = CoordinatorCore(settings, boot_id="c0")
+    core.worker_message(W, p.Ready(worker="w0", engine="test", model="m", sample_rate=RATE, dtype="fp32",
+                                   device="cpu", pid=1, char_limits={"en": 250}, voices=["Ana"], capacity=4), 0.0)
+    core.take()
+    return core
+
+
+def sent(core: CoordinatorCore, dest: str, kind: type | None = None) -> list:
+    return [m for d, _, m in core.take() if d == dest and (kind is None or isinstance(m, kind))]
+
+
+def split(out: list, dest: str, kind: type) -> list:
+    return [m for d, _, m in out if d == dest and isinstance(m, kind)]
+
+
+def tone(samples: int, start: int = 0) -> bytes:
+    return (np.arange(start, start + samples) % 1000).astype("<i2").tobytes()
+
+
+def piece(chunk: p.SynthChunk, index: int, offset: int, samples: int, final: bool) -> p.AudioPiece:
+    return p.AudioPiece(stream=chunk.stream, epoch=chunk.epoch, chunk_index=chunk.chunk_index, piece_index=index,
+                        sample_offset=offset, sample_count=samples, sample_rate=RATE, final=final,
+                        pcm=tone(samples, offset), queued_ms=1.0, engine_ms=2.0)
+
+
+def speak_all(core: CoordinatorCore, chunks: list[p.SynthChunk], seconds_each: float, now: float,
+              piece_s: float = 0.25) -> list:
+    """Every chunk's audio arrives at ``now``, in pieces; what the core sends meanwhile."""
+    out = []
+    per = round(piece_s * RATE)
+    for chunk in chunks:
+        total = round(seconds_each * RATE)
+        offsets = list(range(0, total, per))
+        for i, offset in enumerate(offsets):
+            core.worker_message(W, piece(chunk, i, offset, min(per, total - offset), i == len(offsets) - 1), now)
+            out += core.take()
+    return out
+
+
+def audio_of(msgs: list[p.Audio]) -> bytes:
+    return b"".join(bytes(m.pcm) for m in msgs)
+
+
+def assert_contiguous(msgs: list[p.Audio]) -> None:
+    offset = 0
+    for seq, msg in enumerate(msgs):
+        assert (msg.seq, msg.sample_offset) == (seq, offset)
+        offset += msg.sample_count
+
+
+# -- a whole stream ---------------------------------------------------------------
+
+def test_speak_dispatches_chunks_with_deadlines_and_returns_ordered_audio_then_done():
+    core = core_with()
+    core.client_message(C, p.Speak(stream="s", text=TEXT, overrides={"max_lead_s": 0}), 0.0)
+    out = core.take()
+    accepted = split(out, CLIENT, p.Accepted)[0]
+    chunks = split(out, WORKER, p.SynthChunk)
+    assert accepted.sample_rate == RATE and accepted.block_samples == RATE * 25 // 1000 and accepted.max_lead_ms == 0
+    assert len(chunks) >= 2 and chunks[0].due_ms == 0 and chunks[1].due_ms > 0
+    assert all(c.stream == chunks[0].stream and c.voice == "" for c in chunks)
+    replies = speak_all(core, chunks, 1.0, now=0.1)
+    audio = split(replies, CLIENT, p.Audio)
+    infos = split(replies, CLIENT, p.ChunkInfo)
+    done = split(replies, CLIENT, p.Done)[0]
+    assert_contiguous(audio)
+    assert audio_of(audio) == b"".join(tone(6000, o) for o in range(0, 24000, 6000)) * len(chunks)
+    assert [(i.index, i.sample_offset) for i in infos] == [(k, k * RATE) for k in range(len(chunks))]
+    assert TEXT.startswith(infos[0].text) and infos[1].text_start > infos[0].text_end
+    m = done.metrics
+    assert m["audio_s"] == len(chunks) and m["chunks"] == len(chunks) and m["seam_violations"] == 0
+    assert m["ttfa_ms"] == pytest.approx(100.0) and m["stages_ms"]["queue_wait"] == 1.0
+    assert m["stages_ms"]["engine_first_piece"] == 2.0 and m["cancelled"] is False
+    assert core.status(1.0)["streams"] == 0
+
+
+def test_deltas_give_the_same_chunks_as_the_whole_text():
+    whole, deltas = core_with(), core_with()
+    whole.client_message(C, p.Speak(stream="s", text=TEXT), 0.0)
+    deltas.client_message(C, p.Open(stream="s"), 0.0)
+    for i in range(0, len(TEXT), 3):
+        deltas.client_message(C, p.Append(stream="s", text=TEXT[i:i + 3]), 0.0)
+    deltas.client_message(C, p.End(stream="s"), 0.0)
+    assert [c.text for c in sent(whole, WORKER, p.SynthChunk)] == [c.text for c in sent(deltas, WORKER, p.SynthChunk)]
+
+
+# -- pacing and barge-in ---------------------------------------------------------
+
+def lead_s(core: CoordinatorCore, sid: str, now: float) -> float:
+    clock = core.streams[sid].clock
+    return (clock.samples - clock.played(now)) / RATE
+
+
+def test_audio_leaves_at_most_max_lead_ahead_of_real_time_playback():
+    core = core_with()
+    core.client_message(C, p.Speak(stream="s", text="One two three four five six."), 0.0)  # FAST: 0.5 s lead
+    chunk = sent(core, WORKER, p.SynthChunk)[0]
+    out = speak_all(core, [chunk], 5.0, now=0.0)  # five seconds of audio at once
+    first = split(out, CLIENT, p.Audio)
+    assert sum(m.sample_count for m in first) == 0.5 * RATE and not split(out, CLIENT, p.Done)
+    now, got = 0.0, list(first)
+    while not any(isinstance(m, p.Done) for m in got):
+        now = core.next_wake()
+        assert now is not None and now < 10
+        core.tick(now)
+        got += [m for _, _, m in core.take()]
+        assert lead_s(core, chunk.stream, now) <= 0.5 + 1e-9 if chunk.stream in core.streams else True
+    audio = [m for m in got if isinstance(m, p.Audio)]
+    assert_contiguous(audio)
+    assert len(audio_of(audio)) == 5 * RATE * 2
+    assert 4.4 < now < 4.8, "the last audio leaves about max_lead before playback ends"
+    assert len(audio) <= 5 / 0.25 + 1, "topped up by half the lead at a time, not block by block"
+    assert all(m.sample_count >= 0.25 * RATE for m in audio[:-1])
+    done = [m for m in got if isinstance(m, p.Done)][0]
+    assert done.metrics["underruns"] == 0 and done.metrics["first_send_ms"] == 0
+
+
+def test_after_cancel_nothing_of_the_old_epoch_leaves_and_done_comes_at_once():
+    core = core_with()
+    core.client_message(C, p.Speak(stream="s", text="One two three four five six seven eight nine ten."), 0.0)
+    chunks = sent(core, WORKER, p.SynthChunk)
+    out = speak_all(core, chunks[:1], 3.0, now=0.0)
+    before = split(out, CLIENT, p.Audio)
+    core.client_message(C, p.Cancel(stream="s"), 0.1)
+    out = core.take()
+    done = split(out, CLIENT, p.Done)[0]
+    cancels = split(out, WORKER, p.CancelStream)
+    assert done.metrics["cancelled"] is True and not split(out, CLIENT, p.Audio)
+    assert cancels and cancels[0].below_epoch == 1
+    assert sum(m.sample_count for m in before) <= 0.5 * RATE, "at most max_lead was out when the cancel came"
+    # The rest of the cancelled audio, arriving late from the worker, goes nowhere.
+    late = piece(chunks[0], 20, 3 * RATE, 100, True)
+    core.worker_message(W, late, 0.2)
+    core.tick(5.0)
+    core.client_message(C, p.Append(stream="s", text="more"), 5.0)  # still streaming from an LLM: ignored
+    assert core.take() == []
+    assert core.status(5.0)["streams"] == 0
+
+
+def test_cancel_before_any_audio_and_cancel_after_done():
+    core = core_with()
+    core.client_message(C, p.Speak(stream="a", text="Hi there."), 0.0)
+    core.client_message(C, p.Cancel(stream="a"), 0.0)
+    done = sent(core, CLIENT, p.Done)[0]
+    assert done.metrics["cancelled"] is True and done.metrics["audio_s"] == 0
+    core.client_message(C, p.Speak(stream="b", text="Hi there.", overrides={"max_lead_s": 0}), 0.0)
+    chunks = sent(core, WORKER, p.SynthChunk)
+    speak_all(core, chunks, 0.5, 0.0)
+    core.client_message(C, p.Cancel(stream="b"), 1.0)
+    error = sent(core, CLIENT, p.Error)[0]
+    assert error.code == "unknown_stream" and error.stream == "b"
+
+
+# -- failures ----------------------------------------------------------------------
+
+def test_a_dead_workers_chunks_go_to_another_unless_one_was_partly_heard():
+    core = core_with()
+    w2 = b"w1-2"
+    core.worker_message(w2, p.Ready(worker="w1", engine="test", model="m", sample_rate=RATE, dtype="fp32",
+                                    device="cpu", pid=2, char_limits={"en": 250}, capacity=4), 0.0)
+    core.client_message(C, p.Speak(stream="s", text=TEXT, overrides={"max_lead_s": 0}), 0.0)
+    out = core.take()
+    chunks = split(out, WORKER, p.SynthChunk)
+    owner = [a for d, a, m in out if d == WORKER][0]
+    other = w2 if owner == W else W
+    core.worker_message(owner, p.Dead(worker="w", reason="boom"), 0.1)
+    out = core.take()
+    again = [m for d, a, m in out if d == WORKER and a == other and isinstance(m, p.SynthChunk)]
+    assert [c.chunk_index for c in again] == [c.chunk_index for c in chunks]
+    assert [m for d, _, m in out if d == KILL]
+    assert core.status(0.1)["worker_deaths"] == 1
+
+    core.client_message(C, p.Speak(stream="t", text=TEXT, overrides={"max_lead_s": 0}), 0.2)
+    chunks = sent(core, WORKER, p.SynthChunk)
+    core.worker_message(other, piece(chunks[0], 0, 0, 100, False), 0.3)
+    core.take()
+    core.worker_exited(other, 2, 0.4)  # its process sentinel fired
+    errors = sent(core, CLIENT, p.Error)
+    assert [e.code for e in errors] == ["worker_died"] and errors[0].stream == "t"
+
+
+def test_a_hung_worker_is_killed_by_housekeeping():
+    core = core_with(heartbeat_timeout_s=2.0)
+    core.housekeeping(1.0)
+    assert core.take() == []
+    core.housekeeping(2.5)
+    assert [a for d, a, _ in core.take() if d == KILL] == [1]
+    assert core.status(2.5)["workers"] == [] and not core.workers.workers
+
+
+def test_idle_streams_time_out_and_vanished_clients_are_freed():
+    core = core_with(stream_idle_timeout_s=5.0)
+    core.client_message(C, p.Open(stream="idle"), 0.0)
+    core.client_message(b"other", p.Speak(stream="x", text=TEXT), 0.0)
+    core.take()
+    core.client_gone(b"other", 1.0)
+    cancels = sent(core, WORKER, p.CancelStream)
+    assert cancels and core.status(1.0)["streams"] == 1
+    core.housekeeping(6.0)
+    error = sent(core, CLIENT, p.Error)[0]
+    assert error.code == "idle_timeout" and error.stream == "idle" and not core.streams
+
+
+def test_requests_are_refused_with_codes_that_name_the_stream():
+    core = core_with(max_streams_per_client=2, max_streams=4, max_clients=2)
+    core.client_message(C, p.Open(stream="a"), 0.0)
+    core.client_message(C, p.Open(stream="a"), 0.0)
+    core.client_message(C, p.Open(stream="b"), 0.0)
+    core.client_message(C, p.Open(stream="c"), 0.0)
+    core.client_message(b"d2", p.Open(stream="d"), 0.0)
+    core.client_message(b"d3", p.Open(stream="e"), 0.0)
+    core.client_message(C, p.Open(stream="f", profile="turbo"), 0.0)
+    core.client_message(b"d2", p.Open(stream="g", language="xx"), 0.0)
+    core.client_message(b"d2", p.Open(stream="h", voice="Nobody"), 0.0)
+    core.client_message(b"d2", p.Open(stream="i", deliver="wav:../up.wav"), 0.0)
+    core.client_message(C, p.Append(stream="zz", text="hi"), 0.0)
+    core.client_frames(C, [b"speak", encode(p.Speak(stream="q", text="t"))[1][:-1]], 0.0)
+    codes = [(e.code, e.stream) for e in sent(core, CLIENT, p.Error)]
+    assert codes == [("stream_exists", "a"), ("too_many_streams", "c"), ("service_busy", "e"),
+                     ("too_many_streams", "f"), ("bad_language", "g"), ("bad_voice", "h"), ("bad_deliver", "i"),
+                     ("unknown_stream", "zz"), ("bad_header", "")]
+
+
+def test_the_service_wide_stream_limit_holds_across_clients():
+    core = core_with(max_streams=2)
+    for identity, stream in ((C, "a"), (b"d2", "b"), (b"d3", "c")):
+        core.client_message(identity, p.Open(stream=stream), 0.0)
+    errors = sent(core, CLIENT, p.Error)
+    assert [(e.code, e.stream) for e in errors] == [("service_busy", "c")] and "limit of 2" in errors[0].message
+
+
+def test_text_beyond_the_limit_fails_the_stream():
+    core = core_with(max_text_chars=20)
+    core.client_message(C, p.Speak(stream="w", text="x" * 21), 0.0)
+    core.client_message(C, p.Open(stream="d"), 0.0)
+    core.client_message(C, p.Append(stream="d", text="a" * 15), 0.0)
+    core.client_message(C, p.Append(stream="d", text="b" * 6), 0.0)
+    assert [(e.code, e.stream) for e in sent(core, CLIENT, p.Error)] == [("text_too_long", "w"),
+                                                                         ("text_too_long", "d")]
+
+
+# -- long text never holds the loop ------------------------------------------------
+
+def test_long_text_is_chunked_a_slice_at_a_time_and_other_clients_are_served_between():
+    core = core_with(max_text_chars=100_000)
+    word = "a" * 99_000  # one word, no punctuation: the worst a chunker can be given
+    core.client_message(C, p.Speak(stream="big", text=word, overrides={"max_lead_s": 0}), 0.0)
+    first = sent(core, WORKER, p.SynthChunk)
+    assert sum(len(c.text) for c in first) <= TEXT_SLICE and core.unchunked
+    core.client_message(b"other", p.Status(request="r"), 0.0)
+    assert sent(core, CLIENT, p.StatusReply), "answered while the long text waits its turn"
+    turns, total = 0, sum(len(c.text) for c in first)
+    while core.pump(0.0):
+        turns += 1
+        total += sum(len(c.text) for c in sent(core, WORKER, p.SynthChunk))
+    total += sum(len(c.text) for c in sent(core, WORKER, p.SynthChunk))
+    assert total == len(word) and turns >= len(word) // TEXT_SLICE - 1
+
+
+# -- slow clients ----------------------------------------------------------------
+
+def test_audio_a_slow_client_could_not_take_is_counted_in_its_done():
+    core = core_with()
+    core.client_message(C, p.Speak(stream="s", text="Hi there.", overrides={"max_lead_s": 0}), 0.0)
+    chunks = sent(core, WORKER, p.SynthChunk)
+    audio = split(speak_all(core, chunks, 0.5, 0.0), CLIENT, p.Audio)
+    core.audio_dropped(C, audio[0])  # the shell says the client's queue was full
+    core.worker_message(W, p.Heartbeat(worker="w0"), 0.1)
+    assert not core.take()
+    assert core.counters["messages_dropped_slow_client"] == 1
+
+
+# -- the sink's deliveries ---------------------------------------------------------
+
+def test_wav_delivery_goes_one_way_to_the_sink_and_done_waits_for_the_file(tmp_path):
+    core = core_with(wav_dir=str(tmp_path))
+    core.client_message(C, p.Speak(stream="s", text="Hi there.", deliver="wav:out/a.wav"), 0.0)
+    out = core.take()
+    opened = split(out, SINK, p.SinkOpen)[0]
+    assert opened.deliver == f"wav:{tmp_path / 'out' / 'a.wav'}"
+    out = speak_all(core, split(out, WORKER, p.SynthChunk), 0.5, 0.0)
+    assert not split(out, CLIENT, p.Audio) and split(out, SINK, p.Audio) and split(out, SINK, p.SinkClose)
+    assert not split(out, CLIENT, p.Done), "done waits for the sink to close the file"
+    core.client_message(C, p.Speak(stream="t", text="Hi.", deliver="wav:out/a.wav"), 0.0)
+    assert sent(core, CLIENT, p.Error)[0].code == "bad_deliver", "one writer per file"
+    core.sink_done(p.SinkDone(stream=opened.stream, metrics={"error": "", "wav_path": "x"}), 1.0)
+    done = sent(core, CLIENT, p.Done)[0]
+    assert done.metrics["wav_path"] == "x" and done.metrics["audio_s"] == 0.5
+
+
+def test_a_sink_restart_fails_only_the_streams_that_use_it(tmp_path):
+    core = core_with(wav_dir=str(tmp_path))
+    health = lambda pid: p.StatusReply(request="supervisor", healthy=True,  # noqa: E731
+                                       state={"processes": {"sink": {"pid": pid}}})
+    core.supervisor_health(health(10))
+    core.client_message(C, p.Speak(stream="wav", text="Hi there.", deliver="wav:a.wav"), 0.0)
+    core.client_message(C, p.Speak(stream="mine", text="Hi there."), 0.0)
+    core.take()
+    core.supervisor_health(health(11))
+    errors = sent(core, CLIENT, p.Error)
+    assert [(e.code, e.stream) for e in errors] == [("sink_restarted", "wav")]
+    assert core.status(0.0)["streams"] == 1
+
+
+def test_a_paced_stream_sends_chunks_only_as_their_audio_comes_within_the_dispatch_horizon():
+    core = core_with(dispatch_ahead_s=10.0)
+    text = " ".join(f"Sentence number {i} is here, and it goes on for a while." for i in range(40))
+    core.client_message(C, p.Speak(stream="s", text=text), 0.0)
+    first = sent(core, WORKER, p.SynthChunk)
+    est = sum(len(c.text) for c in first[:-1]) / 14.0  # the FAST profile's speaking rate
+    assert 1 <= len(first) < 10 and est <= 10.0 + 0.2, "only about ten seconds of audio is asked for at first"
+    assert all(b.due_ms >= a.due_ms for a, b in zip(first, first[1:]))
+    # The first chunk's audio arrives; as playback goes on, later chunks are sent.
+    speak_all(core, first[:1], 0.5, 0.0)
+    now, later = 0.0, []
+    while now < 30 and len(first) + len(later) < 20:
+        now = core.next_wake() or now + 0.25
+        core.tick(now)
+        later += sent(core, WORKER, p.SynthChunk)
+    assert later and min(c.due_ms for c in later) >= 0
+    assert all(c.due_ms <= 10_000 for c in later), "each sent when its audio is due within the horizon"
+    core.client_message(C, p.Cancel(stream="s"), now)
+    assert sent(core, CLIENT, p.Done)[0].metrics["cancelled"]
+    assert core.next_wake() is None and not core.streams
