@@ -95,6 +95,8 @@ class ServiceSettings:
     stop_grace_s: float = 3.0
     forced_tokens_per_char: float = 0.0
     curve_keys_dir: str = ""
+    wyoming_uri: str = ""
+    wyoming_allow_remote: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,10 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
     if type_name == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise SettingsError(f"{where} must be an integer, got {value!r}")
+        return value
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise SettingsError(f"{where} must be true or false, got {value!r}")
         return value
     if type_name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
