@@ -73,8 +73,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .security import check_bind_allowed
     check_bind_allowed(settings.service.client_endpoint, settings.service.curve_keys_dir)
     if settings.service.wyoming_uri:
-        from .integrations.wyoming_cli import check_uri
+        from .integrations.wyoming_cli import check_uri, require_wyoming
         check_uri(settings.service.wyoming_uri, settings.service.wyoming_allow_remote)
+        require_wyoming()
     sup = Supervisor(settings, log_level=args.log_level)
     print(f"xtts-stream: starting on {settings.service.client_endpoint} (run dir {sup.run.root})", flush=True)
     sup.serve_forever()

@@ -11,7 +11,8 @@ from wyoming.tts import SynthesizeVoice
 
 from pipeline.cli import main as cli
 from pipeline.engine_limits import xtts_char_limits
-from pipeline.integrations.wyoming_cli import check_uri
+from pipeline.integrations import wyoming_cli
+from pipeline.integrations.wyoming_cli import check_uri, require_wyoming
 from pipeline.integrations.wyoming_events import EventError, read_event
 from pipeline.integrations.wyoming_info import Catalog, VoiceRequestError
 from pipeline.settings import SettingsError
@@ -81,6 +82,13 @@ def test_the_cli_refuses_a_remote_bind_before_doing_anything(capsys):
     assert cli(["serve", "--wyoming", "tcp://0.0.0.0:10200"]) == 2
     err = capsys.readouterr().err
     assert err.count("Wyoming has no authentication") == 2
+
+
+def test_a_missing_wyoming_package_is_named_with_its_extra(monkeypatch):
+    require_wyoming()  # installed here (the test extra)
+    monkeypatch.setattr(wyoming_cli.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SettingsError, match=r"pip install 'xtts-stream\[wyoming\]'"):
+        require_wyoming()
 
 
 def read(data: bytes, **limits):

@@ -27,13 +27,17 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipecat.audio.utils import create_stream_resampler
-from pipecat.frames.frames import CancelFrame, EndFrame, ErrorFrame, Frame, TTSAudioRawFrame, TTSStoppedFrame
-from pipecat.processors.frame_processor import FrameProcessorSetup
-from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import TextAggregationMode, TTSService
-from pipecat.transcriptions.language import Language
-from pipecat.utils.types import NOT_GIVEN, NotGiven
+try:
+    from pipecat.audio.utils import create_stream_resampler
+    from pipecat.frames.frames import CancelFrame, EndFrame, ErrorFrame, Frame, TTSAudioRawFrame, TTSStoppedFrame
+    from pipecat.processors.frame_processor import FrameProcessorSetup
+    from pipecat.services.settings import TTSSettings
+    from pipecat.services.tts_service import TextAggregationMode, TTSService
+    from pipecat.transcriptions.language import Language
+    from pipecat.utils.types import NOT_GIVEN, NotGiven
+except ModuleNotFoundError as exc:  # say how to get it, not just what is missing
+    raise ModuleNotFoundError(f"{exc}; XttsStreamTTSService needs pip install 'xtts-stream[pipecat]'",
+                              name=exc.name) from exc
 
 from ..client import Client, ServiceError, Utterance
 from .connection import make_client, service_language

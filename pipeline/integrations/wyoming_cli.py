@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from urllib.parse import urlparse
@@ -35,6 +36,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="seconds to wait for the service to be ready before giving up")
     ap.add_argument("--ctl", default=None, help=argparse.SUPPRESS)  # the supervisor's control socket
     ap.add_argument("--log-level", default="INFO")
+
+
+def require_wyoming() -> None:
+    """A SettingsError, not an ImportError deep in a child process, when the extra is missing."""
+    if importlib.util.find_spec("wyoming") is None:
+        raise SettingsError("the Wyoming server needs the wyoming package: pip install 'xtts-stream[wyoming]'")
 
 
 def check_uri(uri: str, allow_remote: bool) -> None:
@@ -62,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s wyoming %(levelname)s %(name)s: %(message)s")
     try:
         check_uri(args.uri, args.allow_remote)
+        require_wyoming()
         settings = load_settings(args.config)
     except SettingsError as exc:
         print(f"xtts-stream wyoming: {exc}", file=sys.stderr)
