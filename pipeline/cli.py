@@ -1,4 +1,4 @@
-"""`xtts-stream`: serve, say, status, make-synthetic, keys."""
+"""`xtts-stream`: serve, say, status, wyoming, make-synthetic, keys."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--endpoint", default=None)
     st.add_argument("--config", default=None)
     st.add_argument("--keys", default=None, help="CURVE keys directory (from `xtts-stream keys`)")
+    from .integrations.wyoming_cli import add_arguments as wyoming_args
+    wyoming_args(sub.add_parser("wyoming", help="serve a running service to Home Assistant (Wyoming protocol)"))
     ms = sub.add_parser("make-synthetic", help="write a seeded random XTTS-v2 checkpoint (real layout)")
     ms.add_argument("--size", choices=("tiny", "full"), default="tiny")
     ms.add_argument("--seed", type=int, default=0)
@@ -52,6 +54,10 @@ def _serve_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--forced-tokens-per-char", type=float, default=None,
                     help="benchmarks with random-weight checkpoints only: force N audio tokens per character")
     ap.add_argument("--keys", default=None, help="CURVE keys directory: required for a non-loopback endpoint")
+    ap.add_argument("--wyoming", default=None, metavar="URI",
+                    help="also serve Home Assistant's Wyoming protocol here, e.g. tcp://127.0.0.1:10200")
+    ap.add_argument("--wyoming-allow-remote", action="store_true", default=None,
+                    help="let --wyoming listen beyond loopback (Wyoming has no authentication)")
     ap.add_argument("--log-level", default="INFO")
 
 
@@ -61,10 +67,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     overrides = {"client_endpoint": args.endpoint, "engine": args.engine, "checkpoint": args.checkpoint,
                  "xtts_path": args.xtts_path, "device": args.device, "dtype": args.dtype, "workers": args.workers,
-                 "forced_tokens_per_char": args.forced_tokens_per_char, "curve_keys_dir": args.keys}
+                 "forced_tokens_per_char": args.forced_tokens_per_char, "curve_keys_dir": args.keys,
+                 "wyoming_uri": args.wyoming, "wyoming_allow_remote": args.wyoming_allow_remote}
     settings = settings.with_service(**{k: v for k, v in overrides.items() if v is not None})
     from .security import check_bind_allowed
     check_bind_allowed(settings.service.client_endpoint, settings.service.curve_keys_dir)
+    if settings.service.wyoming_uri:
+        from .integrations.wyoming_cli import check_uri, require_wyoming
+        check_uri(settings.service.wyoming_uri, settings.service.wyoming_allow_remote)
+        require_wyoming()
     sup = Supervisor(settings, log_level=args.log_level)
     print(f"xtts-stream: starting on {settings.service.client_endpoint} (run dir {sup.run.root})", flush=True)
     sup.serve_forever()
@@ -193,6 +204,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if reply.healthy else 1
 
 
+def cmd_wyoming(args: argparse.Namespace) -> int:
+    from .integrations.wyoming_cli import run
+    return run(args)
+
+
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
     from workers.synthetic import make_synthetic_checkpoint
     out = make_synthetic_checkpoint(args.dir, size=args.size, seed=args.seed)
@@ -207,8 +223,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "say": cmd_say, "status": cmd_status, "make-synthetic": cmd_make_synthetic,
-            "keys": cmd_keys}
+COMMANDS = {"serve": cmd_serve, "say": cmd_say, "status": cmd_status, "wyoming": cmd_wyoming,
+            "make-synthetic": cmd_make_synthetic, "keys": cmd_keys}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -105,6 +105,8 @@ class ServiceSettings:
     dispatch_ahead_s: float = 10.0
     null_speed: float = 50.0
     null_piece_ms: int = 250
+    wyoming_uri: str = ""
+    wyoming_allow_remote: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,10 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
     if type_name == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise SettingsError(f"{where} must be an integer, got {_shown(value)}")
+        return value
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise SettingsError(f"{where} must be true or false, got {value!r}")
         return value
     if type_name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:

@@ -72,6 +72,13 @@ class Supervisor:
                     self.run.ctl(f"w{i}"), env=worker_env)
             for i in range(svc.workers)
         ]
+        if svc.wyoming_uri:  # optional: its failures make the service unhealthy, never stop it
+            self.processes.append(Managed("wyoming", [py, "-m", "pipeline.integrations.wyoming_cli", "--uri",
+                                                      svc.wyoming_uri, "--endpoint", svc.client_endpoint,
+                                                      "--ctl", self.run.ctl("wyoming")]
+                                          + (["--keys", svc.curve_keys_dir] if svc.curve_keys_dir else [])
+                                          + (["--allow-remote"] if svc.wyoming_allow_remote else []),
+                                          self.run.ctl("wyoming")))
 
     # -- running -------------------------------------------------------------
 
@@ -163,9 +170,9 @@ class Supervisor:
     # -- stopping ------------------------------------------------------------
 
     def stop(self) -> dict[str, str]:
-        """Coordinator first (it stops taking text and tells clients), then workers, then the sink."""
-        order = [m for m in self.processes if m.name == "coordinator"] + \
-                [m for m in self.processes if m.name.startswith("w")] + \
+        """Front ends first (they stop taking text and tell clients), then workers, then the sink."""
+        order = [m for m in self.processes if m.name in ("wyoming", "coordinator")] + \
+                [m for m in self.processes if m.name.startswith("w") and m.name != "wyoming"] + \
                 [m for m in self.processes if m.name == "sink"]
         for m in order:
             m.stop_step = self._escalate(m)

@@ -11,6 +11,7 @@ import pytest
 from pipeline.service_process import ServiceProcess
 
 from xtts_support import tiny_checkpoint  # noqa: F401  (the tiny synthetic XTTS checkpoint, once per session)
+from integration_services import tiny_xtts_service  # noqa: F401  (tiny XTTS service + Wyoming, once per session)
 
 
 @pytest.fixture(scope="session")
