@@ -52,6 +52,9 @@ def _serve_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--forced-tokens-per-char", type=float, default=None,
                     help="benchmarks with random-weight checkpoints only: force N audio tokens per character")
     ap.add_argument("--keys", default=None, help="CURVE keys directory: required for a non-loopback endpoint")
+    ap.add_argument("--http", default=None, metavar="HOST:PORT|off",
+                    help="the HTTP/WebSocket gateway's address (default 127.0.0.1:8000; port 0 = any free port)")
+    ap.add_argument("--http-keys", default=None, metavar="FILE", help="API keys file: required beyond loopback")
     ap.add_argument("--log-level", default="INFO")
 
 
@@ -61,10 +64,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     overrides = {"client_endpoint": args.endpoint, "engine": args.engine, "checkpoint": args.checkpoint,
                  "xtts_path": args.xtts_path, "device": args.device, "dtype": args.dtype, "workers": args.workers,
-                 "forced_tokens_per_char": args.forced_tokens_per_char, "curve_keys_dir": args.keys}
+                 "forced_tokens_per_char": args.forced_tokens_per_char, "curve_keys_dir": args.keys,
+                 "http_listen": "" if args.http == "off" else args.http, "http_api_keys_file": args.http_keys}
     settings = settings.with_service(**{k: v for k, v in overrides.items() if v is not None})
     from .security import check_bind_allowed
     check_bind_allowed(settings.service.client_endpoint, settings.service.curve_keys_dir)
+    if settings.service.http_listen:
+        from .gateway.auth import check_listen_allowed, parse_listen
+        check_listen_allowed(parse_listen(settings.service.http_listen)[0], settings.service.http_api_keys_file)
     sup = Supervisor(settings, log_level=args.log_level)
     print(f"xtts-stream: starting on {settings.service.client_endpoint} (run dir {sup.run.root})", flush=True)
     sup.serve_forever()

@@ -24,6 +24,7 @@ from .outbox import ClientOutbox
 from .requests import RequestError, StreamRequests
 from .runpaths import RunPaths, unlink_ipc
 from .security import apply_server_security
+from .service_metrics import ServiceMetrics
 from .settings import Settings
 from .streams import StreamState
 from .worker_pool import WorkerHandle, WorkerPool
@@ -57,6 +58,7 @@ class Coordinator:
         self.sample_rate = 0
         self.health: dict[str, object] = {"healthy": True}
         self.slow_client_drops = 0
+        self.metrics = ServiceMetrics()
         self._outboxes: dict[bytes, ClientOutbox] = {}
         self._sink_pid: int | None = None
         self.exit_code = 0
@@ -145,6 +147,10 @@ class Coordinator:
 
     async def reply(self, identity: bytes, msg: p.Message) -> bool:
         """Send to a client without ever waiting on it: False when the message had to be dropped."""
+        if isinstance(msg, p.Done):
+            self.metrics.observe_done(msg.metrics)
+        elif isinstance(msg, p.Error):
+            self.metrics.observe_error(msg.code, ends_stream=bool(msg.stream))
         frames = [identity, *encode(msg)]
         box = self._outboxes.get(identity)
         if box is None:  # nothing waiting for this client: straight to ZeroMQ
@@ -306,6 +312,12 @@ class Coordinator:
             "engine": self.engine_info,
             "sample_rate": self.sample_rate,
             "supervisor": self.health,
+            "metrics": self.metrics.snapshot(
+                gauges={"open_streams": len(self.streams),
+                        "queue_depth": len(self.backlog) + sum(len(w.inflight) for w in self.pool.workers.values())},
+                totals={"worker_deaths": self.pool.deaths,
+                        "worker_restarts": sum(proc.get("restarts", 0) for name, proc in
+                                               self.health.get("processes", {}).items() if name.startswith("w"))}),
         }
 
 

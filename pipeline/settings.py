@@ -95,6 +95,8 @@ class ServiceSettings:
     stop_grace_s: float = 3.0
     forced_tokens_per_char: float = 0.0
     curve_keys_dir: str = ""
+    http_listen: str = "127.0.0.1:8000"
+    http_api_keys_file: str = ""
 
 
 @dataclass(frozen=True)

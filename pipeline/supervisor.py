@@ -26,6 +26,7 @@ import zmq
 
 from . import protocol as p
 from .codec import encode
+from .gateway import ADDR_FILE, read_url
 from .runpaths import RunPaths, unlink_ipc
 from .settings import Settings
 
@@ -68,7 +69,9 @@ class Supervisor:
             Managed(f"w{i}", [py, "-m", "workers.worker", "--run-dir", str(self.run.root), "--name", f"w{i}"],
                     self.run.ctl(f"w{i}"), env=worker_env)
             for i in range(svc.workers)
-        ]
+        ] + ([Managed("gateway", [py, "-m", "pipeline.gateway", "--run-dir", str(self.run.root), "--listen",
+                                  svc.http_listen], self.run.ctl("gateway"))] if svc.http_listen else [])
+        self.http_url = ""
 
     # -- running -------------------------------------------------------------
 
@@ -97,7 +100,7 @@ class Supervisor:
     def reconcile(self) -> None:
         # Health goes to the coordinator on every change and once a second, so
         # a restarted coordinator learns it too.
-        changed = time.monotonic() - self._last_report > 1.0
+        changed = time.monotonic() - self._last_report > 1.0 or self._http_url_changed()
         for m in self.processes:
             if self.stop_requested:  # Ctrl-C reaches every child too: they exit, and must not come back
                 return
@@ -122,6 +125,15 @@ class Supervisor:
         m.restarts += 1
         self._spawn(m)
 
+    def _http_url_changed(self) -> bool:
+        url = read_url(self.run.root) if self.settings.service.http_listen else ""
+        if url == self.http_url:
+            return False
+        self.http_url = url
+        if url:
+            print(f"xtts-stream: HTTP gateway on {url} (page: {url}/)", flush=True)
+        return True
+
     @property
     def healthy(self) -> bool:
         return not any(m.given_up for m in self.processes)
@@ -130,6 +142,7 @@ class Supervisor:
         return {
             "processes": {m.name: {"pid": m.proc.pid if m.proc else None, "restarts": m.restarts,
                                    "given_up": m.given_up} for m in self.processes},
+            **({"http": self.http_url} if self.settings.service.http_listen else {}),
         }
 
     def _report_health(self) -> None:
@@ -147,6 +160,8 @@ class Supervisor:
 
     def _spawn(self, m: Managed) -> None:
         m.starts.append(time.monotonic())
+        if m.name == "gateway":  # a restarted gateway on port 0 gets a new port: the old address is void
+            (self.run.root / ADDR_FILE).unlink(missing_ok=True)
         env = {**os.environ, **(m.env or {})}
         argv = m.argv + ["--log-level", self.log_level]
         out = open(self.log_dir / f"{m.name}.log", "ab") if self.log_dir else None
@@ -159,8 +174,9 @@ class Supervisor:
     # -- stopping ------------------------------------------------------------
 
     def stop(self) -> dict[str, str]:
-        """Coordinator first (it stops taking text and tells clients), then workers, then the sink."""
-        order = [m for m in self.processes if m.name == "coordinator"] + \
+        """Coordinator first (it stops taking text and tells clients, the gateway's too), then the gateway,
+        the workers and the sink."""
+        order = [m for m in self.processes if m.name in ("coordinator", "gateway")] + \
                 [m for m in self.processes if m.name.startswith("w")] + \
                 [m for m in self.processes if m.name == "sink"]
         for m in order:
