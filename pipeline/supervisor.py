@@ -162,6 +162,7 @@ class Supervisor:
         m.starts.append(time.monotonic())
         if m.name == "gateway":  # a restarted gateway on port 0 gets a new port: the old address is void
             (self.run.root / ADDR_FILE).unlink(missing_ok=True)
+            self.http_url = ""
         env = {**os.environ, **(m.env or {})}
         argv = m.argv + ["--log-level", self.log_level]
         out = open(self.log_dir / f"{m.name}.log", "ab") if self.log_dir else None

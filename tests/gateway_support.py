@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import socket
 import time
 import urllib.error
@@ -78,7 +80,6 @@ async def status_state(endpoint: str) -> dict:
 
 
 async def wait_state(endpoint: str, predicate, timeout_s: float = 30.0) -> dict:
-    import asyncio
     deadline = time.monotonic() + timeout_s
     while True:
         state = await status_state(endpoint)
@@ -87,3 +88,32 @@ async def wait_state(endpoint: str, predicate, timeout_s: float = 30.0) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s; last status: {state}")
         await asyncio.sleep(0.05)
+
+
+def ws_url(svc) -> str:
+    return svc.http_url.replace("http://", "ws://") + "/v1/audio/stream"
+
+
+def deltas(text: str, seed: int = 7) -> list[str]:
+    """Pieces of 1 to 12 characters, as an LLM's tokens come."""
+    rng, out, i = random.Random(seed), [], 0
+    while i < len(text):
+        n = rng.randint(1, 12)
+        out.append(text[i:i + n])
+        i += n
+    return out
+
+
+async def receive_stream(ws, started: bool = False) -> tuple[list, bytes]:
+    """Events and audio until done or error (``started``: accepted was already read)."""
+    events, audio = [], bytearray()
+    while True:
+        message = await asyncio.wait_for(ws.recv(), 60)
+        if isinstance(message, bytes):
+            assert started or (events and events[0]["type"] == "accepted"), "audio comes after accepted"
+            audio += message
+            continue
+        event = json.loads(message)
+        events.append(event)
+        if event["type"] in ("done", "error"):
+            return events, bytes(audio)

@@ -22,7 +22,7 @@ from ..settings import Settings
 from .auth import CALLER_SCOPE_KEY, BearerAuth
 from .backend import Backend
 from .errors import ApiError, from_service
-from .options import MODEL, OPENAI_VOICES, model_ids, reference_voices
+from .options import OPENAI_VOICES, model_ids, reference_voices
 from .prom import render
 from .speech import create_speech
 from .ws import stream_socket
