@@ -4,6 +4,7 @@
     scripts/bench service --checkpoint DIR
     scripts/bench engine                 # stock coqui-tts vs our fast path, same run
     scripts/bench soak                   # 8 clients x 100 requests against Piper
+    scripts/bench gateway                # TTFA the HTTP gateway adds over the ZeroMQ path (Piper)
 """
 
 from __future__ import annotations
@@ -80,7 +81,13 @@ def bench_soak(args) -> dict[str, Any]:
     return run_soak(clients=8, requests=10 if args.tiny else 100)
 
 
-BENCHES = {"chunker": bench_chunker, "engine": bench_engine, "service": bench_service, "soak": bench_soak}
+def bench_gateway(args) -> dict[str, Any]:
+    from .bench_gateway import run_gateway_bench
+    return run_gateway_bench(("--engine", "piper"), pairs=20 if args.tiny else 60)
+
+
+BENCHES = {"chunker": bench_chunker, "engine": bench_engine, "service": bench_service, "soak": bench_soak,
+           "gateway": bench_gateway}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +135,9 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
                      "rtf_sentence": res["rtf"]["sentence_39"]["rtf"], "rtf_paragraph": res["rtf"]["paragraph"]["rtf"]}
     if "chunker" in report:
         out["chunker"] = report["chunker"]
+    if "added_ttfa_ms_p50" in report.get("gateway", {}):
+        out["gateway"] = {k: report["gateway"][k] for k in ("added_ttfa_ms_p50", "added_ttfa_ms_p95",
+                                                            "zmq_ttfa_ms_p50", "http_ttfa_ms_p50")}
     if "soak" in report and "completed" in report["soak"]:
         out["soak"] = {k: report["soak"][k] for k in ("completed", "errors", "open_streams_after", "orphans_after_stop")}
     return out
