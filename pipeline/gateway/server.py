@@ -128,6 +128,8 @@ def serve(settings, run: RunPaths, keys, sock: socket.socket, log_level: str) ->
         timeout_graceful_shutdown=max(0.5, settings.service.stop_grace_s / 2)))
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reaches the whole process group; uvicorn raises it again after its graceful stop
     finally:
         sock.close()
     return 0 if server.started else 1
