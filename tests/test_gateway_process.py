@@ -126,3 +126,36 @@ def test_a_gateway_that_cannot_run_makes_the_service_unhealthy_but_not_silent(tm
         svc.stop()
         taken.close()
     assert "cannot listen on 127.0.0.1" in (tmp_path / "service.log").read_text()
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    data = b""
+    while part := sock.recv(65536):
+        data += part
+    return data
+
+
+def test_a_failure_after_the_first_audio_is_never_a_silent_truncation(tmp_path):
+    from gateway_support import raw_post, read_head
+    long_text = "The tide began to run, and the gulls were loud over the harbour. " * 30
+    with ServiceProcess("--engine", "piper") as svc:
+        socks = {}
+        for fmt in ("audio", "sse"):
+            body = json.dumps({"input": long_text, "response_format": "pcm", "stream_format": fmt}).encode()
+            socks[fmt] = raw_post(svc.http_url, "/v1/audio/speech",
+                                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", body)
+        heads = {fmt: read_head(sock) for fmt, sock in socks.items()}
+        assert all(status == 200 for status, _ in heads.values()), heads
+        state = run(wait_state(svc.endpoint, lambda s: True))
+        os.kill(state["supervisor"]["processes"]["coordinator"]["pid"], signal.SIGKILL)
+        audio = heads["audio"][1] + _read_to_end(socks["audio"])
+        sse = heads["sse"][1] + _read_to_end(socks["sse"])
+        for sock in socks.values():
+            sock.close()
+        # The audio body stops without its last chunk: an HTTP client reports a truncated body.
+        assert not audio.endswith(b"0\r\n\r\n")
+        # The SSE body says why, and ends properly.
+        assert b'"type":"error"' in sse and b'"code":"connection_lost"' in sse and sse.endswith(b"0\r\n\r\n")
+        run(wait_state(svc.endpoint, lambda s: s["serving"] and s["supervisor"]["processes"]["coordinator"]["restarts"]))
+        status, _, body = request(svc.http_url + "/v1/audio/speech", {"input": "Back again.", "response_format": "pcm"})
+        assert status == 200 and len(body) > 0, "the gateway reaches the restarted coordinator by itself"

@@ -25,6 +25,7 @@ CANCEL_PATIENCE_S = 1.0  # a cancel that cannot even be sent (no coordinator) is
 class Item:
     kind: str                      # "audio", "chunk", "done" or "error"
     pcm: bytes = b""
+    sample_rate: int = 0
     chunk: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     error: ServiceError | None = None
@@ -59,6 +60,12 @@ class Relay:
             out.append(item)
         return out
 
+    def sample_rate(self, items: list[Item]) -> int:
+        """The stream's rate: from its acceptance, else from its audio."""
+        if self.utt.accepted is not None:
+            return self.utt.accepted.sample_rate
+        return next((i.sample_rate for i in items if i.kind == "audio"), 0)
+
     async def close(self) -> None:
         """The reader is gone or done: a stream still running at the service is cancelled there."""
         if self._task is not None:
@@ -80,7 +87,7 @@ class Relay:
                 self._new_chunks()
                 pcm = bytes(block.pcm)
                 self.held += len(pcm)
-                self._items.put_nowait(Item("audio", pcm=pcm))
+                self._items.put_nowait(Item("audio", pcm=pcm, sample_rate=block.sample_rate))
                 if self.held > self.max_backlog_s * 2 * block.sample_rate:
                     await self._too_slow()
                     return

@@ -89,8 +89,7 @@ async def create_speech(request: Request) -> Response:
     except BaseException:
         await relay.close()
         raise
-    rate = utt.accepted.sample_rate
-    return SpeechStream(relay, first, req, rate)
+    return SpeechStream(relay, first, req, relay.sample_rate(first))
 
 
 def _raise_before_audio(items: list[Item], req: SpeechRequest) -> None:

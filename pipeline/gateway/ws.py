@@ -116,7 +116,7 @@ class StreamSession:
                 if item.kind == "audio":
                     if not accepted:
                         accepted = True
-                        await self.send_json(_accepted(relay))
+                        await self.send_json(_accepted(relay, item))
                     await self._send_bytes(item.pcm)
                     sent += len(item.pcm) // 2
                 elif item.kind == "chunk":
@@ -148,10 +148,11 @@ HANDLERS = {"open": StreamSession._open, "append": StreamSession._append, "end":
             "cancel": StreamSession._cancel}
 
 
-def _accepted(relay: Relay) -> dict[str, Any]:
+def _accepted(relay: Relay, first_audio: Item) -> dict[str, Any]:
     acc = relay.utt.accepted
-    return {"type": "accepted", "stream": relay.utt.stream, "profile": acc.profile, "sample_rate": acc.sample_rate,
-            "format": "s16le", "channels": 1, "block_samples": acc.block_samples}
+    return {"type": "accepted", "stream": relay.utt.stream, "profile": acc.profile if acc else "",
+            "sample_rate": relay.sample_rate([first_audio]), "format": "s16le", "channels": 1,
+            "block_samples": acc.block_samples if acc else 0}
 
 
 def _error(item: Item) -> dict[str, Any]:
