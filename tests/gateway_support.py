@@ -110,10 +110,10 @@ async def receive_stream(ws, started: bool = False) -> tuple[list, bytes]:
     while True:
         message = await asyncio.wait_for(ws.recv(), 60)
         if isinstance(message, bytes):
-            assert started or (events and events[0]["type"] == "accepted"), "audio comes after accepted"
+            assert started or any(e["type"] == "accepted" for e in events), "audio comes after accepted"
             audio += message
             continue
         event = json.loads(message)
         events.append(event)
-        if event["type"] in ("done", "error"):
+        if event["type"] == "done" or (event["type"] == "error" and event["ends_stream"]):
             return events, bytes(audio)

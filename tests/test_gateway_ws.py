@@ -86,11 +86,14 @@ def test_bad_messages_get_error_events_naming_the_field(piper_service):
             await ws.send(json.dumps({"type": "open"}))
             await ws.send(json.dumps({"type": "append", "text": "Fine after all."}))
             await ws.send(json.dumps({"type": "end"}))
-            out.append((await receive_stream(ws))[0][-1])
+            await ws.send(json.dumps({"type": "append", "text": " Too late."}))  # refused; the stream goes on
+            out.append([e for e in (await receive_stream(ws))[0] if e["type"] in ("error", "done")])
         return out
     replies = run(go())
-    got = [(r["type"], r.get("code"), r.get("param")) for r in replies]
+    assert [r["ends_stream"] for r in replies[:-1]] == [False] * 7 + [True]  # only the service's refusal ends a stream
+    got = [(r["type"], r.get("code"), r.get("param")) for r in replies[:-1]]
     assert got == [("error", "bad_message", None), ("error", "bad_message", None), ("error", "bad_message", "type"),
                    ("error", "no_stream", None), ("error", "bad_profile", "profile"),
                    ("error", "invalid_field", "speed"), ("error", "unknown_field", "colour"),
-                   ("error", "bad_voice", "voice"), ("done", None, None)]
+                   ("error", "bad_voice", "voice")]
+    assert [(r["type"], r.get("code")) for r in replies[-1]] == [("error", "stream_ended"), ("done", None)]

@@ -5,7 +5,7 @@ messages in: ``open``, ``append``, ``end``, ``cancel``. Out: binary frames of
 s16le mono PCM (any size, in order, contiguous) and JSON events: ``accepted``
 (just before the first audio), ``chunk`` (where each chunk's audio starts),
 ``done`` (with the service's metrics) and ``error`` (the ZeroMQ protocol's
-codes, plus the field at fault). docs/http.md has the details.
+codes, the field at fault, and whether it ended the stream or only refused a message). docs/http.md has the details.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class StreamSession:
         self.client = self.gateway.backend.client(ws.scope[self.gateway.caller_key])
         self.relay: Relay | None = None
         self.sender: asyncio.Task | None = None
+        self.ended = False  # the open stream got its end: more text would be refused by the service
         self._send_lock = asyncio.Lock()
 
     async def run(self) -> None:
@@ -54,7 +55,8 @@ class StreamSession:
             request = self._parse(message)
             await HANDLERS[request["type"]](self, request)
         except ApiError as exc:
-            await self.send_json({"type": "error", "code": exc.code, "message": exc.message, "param": exc.param})
+            await self.send_json({"type": "error", "code": exc.code, "message": exc.message, "param": exc.param,
+                                  "ends_stream": False})
 
     def _parse(self, message: dict[str, Any]) -> dict[str, Any]:
         if message.get("text") is None:
@@ -77,6 +79,7 @@ class StreamSession:
         check_known(request, OPEN_FIELDS)
         options = stream_options(request, self.gateway.settings)
         await self._stop_stream()
+        self.ended = False
         utt = self.client.open_stream(**options.kwargs())
         self.relay = Relay(utt, self.gateway.max_backlog_s).start()
         self.sender = asyncio.get_running_loop().create_task(self._forward(self.relay))
@@ -86,21 +89,27 @@ class StreamSession:
         text = request.get("text")
         if not isinstance(text, str):
             raise ApiError(400, "invalid_field", "text must be a string", "text")
-        if self._over():
-            raise ApiError(409, "no_stream", "no open stream: send open first")
+        self._check_open()
         if text:
             await self.relay.utt.send(text)
 
     async def _end(self, request: dict[str, Any]) -> None:
         check_known(request, ("type",))
-        if self._over():
-            raise ApiError(409, "no_stream", "no open stream: send open first")
+        self._check_open()
+        self.ended = True
         await self.relay.utt.end()
 
     async def _cancel(self, request: dict[str, Any]) -> None:
         check_known(request, ("type",))
         if not self._over():
             await self.relay.cancel()  # the stream's done (cancelled: true) follows
+
+    def _check_open(self) -> None:
+        # Refused here, not sent on: the service's refusal would end the stream still being spoken.
+        if self._over():
+            raise ApiError(409, "no_stream", "no open stream: send open first")
+        if self.ended:
+            raise ApiError(409, "stream_ended", "the stream has ended: no more text; open a new one")
 
     def _over(self) -> bool:
         return self.relay is None or self.sender is None or self.sender.done()
@@ -157,7 +166,7 @@ def _accepted(relay: Relay, first_audio: Item) -> dict[str, Any]:
 
 def _error(item: Item) -> dict[str, Any]:
     err = from_service(item.error.code, item.error.message)
-    return {"type": "error", "code": err.code, "message": err.message, "param": err.param}
+    return {"type": "error", "code": err.code, "message": err.message, "param": err.param, "ends_stream": True}
 
 
 async def stream_socket(ws: WebSocket) -> None:
