@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 
 import numpy as np
@@ -146,3 +147,17 @@ def test_bearer_tokens_from_header_or_websocket_subprotocol():
     ws = {"type": "websocket", "headers": [], "subprotocols": ["bearer.first-key-0123456789"]}
     assert auth.caller(ws) == "key-0"
     assert auth.caller({"type": "http", "headers": [], "subprotocols": ["bearer.first-key-0123456789"]}) is None
+
+
+def test_gpu_memory_per_worker_from_nvidia_smi(tmp_path, monkeypatch):
+    import asyncio
+    from pipeline.gateway.gpu import parse_compute_apps, worker_gpu_memory
+    assert parse_compute_apps("123, 2048\n456, [N/A]\nNo running processes found\n") == {123: 2048 * 2 ** 20}
+    fake = tmp_path / "nvidia-smi"  # the driver's tool, as it answers the query the gateway makes
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --query-compute-apps=pid,used_memory ] || exit 9\n"
+                    "printf '4242, 30720\\n999, 100\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    state = {"engine": {"device": "cuda:0"}, "workers": [{"name": "w0", "pid": 4242}, {"name": "w1", "pid": 7}]}
+    assert asyncio.run(worker_gpu_memory(state)) == {"w0": 30720 * 2 ** 20}
+    assert asyncio.run(worker_gpu_memory({**state, "engine": {"device": "cpu"}})) == {}

@@ -22,6 +22,7 @@ from ..settings import Settings
 from .auth import CALLER_SCOPE_KEY, BearerAuth
 from .backend import Backend
 from .errors import ApiError, from_service
+from .gpu import worker_gpu_memory
 from .options import OPENAI_VOICES, model_ids, reference_voices
 from .prom import render
 from .speech import create_speech
@@ -72,7 +73,11 @@ async def metrics(request: Request) -> Response:
         reply = await gateway.backend.status()
     except ServiceError as exc:
         raise from_service(exc.code, f"the coordinator did not answer: {exc.message}") from None
-    return Response(render(reply.healthy, reply.state, gateway.registry),
+    state = reply.state
+    gauges = (state.get("metrics") or {}).get("gauges")
+    if isinstance(gauges, dict) and "gpu_memory_bytes" not in gauges:  # the workers do not report it themselves
+        gauges["gpu_memory_bytes"] = await worker_gpu_memory(state)
+    return Response(render(reply.healthy, state, gateway.registry),
                     media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

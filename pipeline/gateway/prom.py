@@ -37,7 +37,7 @@ COUNTERS = {
 GAUGES = {
     "open_streams": "Streams open now.",
     "queue_depth": "Chunks waiting for a worker or being synthesized.",
-    "gpu_memory_bytes": "GPU memory held by each worker, where the worker reports it.",
+    "gpu_memory_bytes": "GPU memory held by each worker process (nvidia-smi), on CUDA.",
 }
 GAUGE_LABELS = {"gpu_memory_bytes": "worker"}
 
