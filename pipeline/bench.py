@@ -20,6 +20,9 @@ from typing import Any
 
 RESULTS = Path("bench/results")
 FORCED = "1.54"  # audio tokens per character, as real XTTS speaks (docs/benchmarks.md)
+# The service and soak benches measure the ZeroMQ path, as before the gateway
+# existed (and a device machine need not carry the gateway's packages).
+NO_HTTP = ["--http", "off"]
 
 
 def device_name() -> str:
@@ -55,14 +58,14 @@ def bench_service(args) -> dict[str, Any]:
     from .bench_service import run_service_bench
     results: dict[str, Any] = {}
     if args.tiny or not args.checkpoint:
-        results["piper"] = run_service_bench(["--engine", "piper"], tiny=True)
+        results["piper"] = run_service_bench(["--engine", "piper", *NO_HTTP], tiny=True)
     checkpoint = args.checkpoint or (_tiny_checkpoint() if args.tiny else None)
     if checkpoint:
         for path in ("fast", "stock"):  # ours first: a time box that ends early still has it
             try:
                 results[f"xtts_{path}"] = run_service_bench(
                     ["--engine", "xtts", "--checkpoint", checkpoint, "--xtts-path", path,
-                     "--forced-tokens-per-char", FORCED], tiny=args.tiny, baseline=path == "stock")
+                     "--forced-tokens-per-char", FORCED, *NO_HTTP], tiny=args.tiny, baseline=path == "stock")
             except Exception as exc:
                 results[f"xtts_{path}"] = {"failed": f"{type(exc).__name__}: {exc}"[-3000:]}
             # Saved as it goes: an outer time limit must not lose what was measured.
@@ -78,7 +81,7 @@ def _tiny_checkpoint() -> str:
 
 def bench_soak(args) -> dict[str, Any]:
     from .bench_service import run_soak
-    return run_soak(clients=8, requests=10 if args.tiny else 100)
+    return run_soak(clients=8, requests=10 if args.tiny else 100, serve_args=("--engine", "piper", *NO_HTTP))
 
 
 def bench_gateway(args) -> dict[str, Any]:
