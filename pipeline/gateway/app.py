@@ -17,7 +17,6 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from ..client import ServiceError
-from ..runpaths import RunPaths
 from ..settings import Settings
 from .auth import CALLER_SCOPE_KEY, BearerAuth
 from .backend import Backend
@@ -35,9 +34,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 @dataclass
 class Gateway:
     settings: Settings
-    run: RunPaths
     keys: list[bytes] | None
-    # The process's own start and stop around serving (control socket, address file); None in tests.
+    # The process's own start and stop around serving (control socket, address file); None when embedded.
     around: Callable[[], contextlib.AbstractAsyncContextManager] | None = None
     backend: Backend | None = None
     caller_key: str = CALLER_SCOPE_KEY

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import socket
@@ -120,7 +121,7 @@ def serve(settings, run: RunPaths, keys, sock: socket.socket, log_level: str) ->
             control.cancel()
             await asyncio.gather(control, return_exceptions=True)
 
-    app = build_app(Gateway(settings, run, keys, around=around))
+    app = build_app(Gateway(settings, keys, around=around))
     server = uvicorn.Server(uvicorn.Config(
         app, loop=_loop(), http="httptools", ws="websockets-sansio", lifespan="on",
         log_config=None, log_level=log_level.lower(), access_log=False, server_header=False, proxy_headers=False,
@@ -136,8 +137,4 @@ def serve(settings, run: RunPaths, keys, sock: socket.socket, log_level: str) ->
 
 
 def _loop() -> str:
-    try:
-        import uvloop  # noqa: F401
-        return "uvloop"
-    except ImportError:
-        return "asyncio"
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
