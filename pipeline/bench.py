@@ -4,6 +4,7 @@
     scripts/bench service --checkpoint DIR
     scripts/bench engine                 # stock coqui-tts vs our fast path, same run
     scripts/bench soak                   # 8 clients x 100 requests against Piper
+    scripts/bench gateway                # TTFA the HTTP gateway adds over the ZeroMQ path (Piper)
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 
 RESULTS = Path("bench/results")
 FORCED = "1.54"  # audio tokens per character, as real XTTS speaks (docs/benchmarks.md)
+# The service and soak benches measure the ZeroMQ path, as before the gateway
+# existed (and a device machine need not carry the gateway's packages).
+NO_HTTP = ["--http", "off"]
 
 
 def device_name() -> str:
@@ -51,17 +55,24 @@ def bench_engine(args) -> dict[str, Any]:
 
 
 def bench_service(args) -> dict[str, Any]:
+    from .bench_datapath import run_datapath_bench
     from .bench_service import run_service_bench
     results: dict[str, Any] = {}
-    if args.tiny or not args.checkpoint:
-        results["piper"] = run_service_bench(["--engine", "piper"], tiny=True)
+    if args.engine in (None, "null"):
+        results["null_datapath"] = run_datapath_bench("null", tiny=args.tiny)
+    if args.engine in (None, "piper"):
+        results["piper_datapath"] = run_datapath_bench("piper", levels=[8], tiny=args.tiny)
+    if args.engine is None and (args.tiny or not args.checkpoint):
+        results["piper"] = run_service_bench(["--engine", "piper", *NO_HTTP], tiny=True)
+    if args.engine not in (None, "xtts"):
+        return results
     checkpoint = args.checkpoint or (_tiny_checkpoint() if args.tiny else None)
     if checkpoint:
         for path in ("fast", "stock"):  # ours first: a time box that ends early still has it
             try:
                 results[f"xtts_{path}"] = run_service_bench(
                     ["--engine", "xtts", "--checkpoint", checkpoint, "--xtts-path", path,
-                     "--forced-tokens-per-char", FORCED], tiny=args.tiny, baseline=path == "stock")
+                     "--forced-tokens-per-char", FORCED, *NO_HTTP], tiny=args.tiny, baseline=path == "stock")
             except Exception as exc:
                 results[f"xtts_{path}"] = {"failed": f"{type(exc).__name__}: {exc}"[-3000:]}
             # Saved as it goes: an outer time limit must not lose what was measured.
@@ -77,10 +88,16 @@ def _tiny_checkpoint() -> str:
 
 def bench_soak(args) -> dict[str, Any]:
     from .bench_service import run_soak
-    return run_soak(clients=8, requests=10 if args.tiny else 100)
+    return run_soak(clients=8, requests=10 if args.tiny else 100, serve_args=("--engine", "piper", *NO_HTTP))
 
 
-BENCHES = {"chunker": bench_chunker, "engine": bench_engine, "service": bench_service, "soak": bench_soak}
+def bench_gateway(args) -> dict[str, Any]:
+    from .bench_gateway import run_gateway_bench
+    return run_gateway_bench(("--engine", "piper"), pairs=20 if args.tiny else 60)
+
+
+BENCHES = {"chunker": bench_chunker, "engine": bench_engine, "service": bench_service, "soak": bench_soak,
+           "gateway": bench_gateway}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("which", nargs="*", help=f"any of {', '.join(BENCHES)}, all (default: all)")
     ap.add_argument("--tiny", action="store_true", help="small models and counts, on whatever device is present")
     ap.add_argument("--checkpoint", default=None, help="XTTS checkpoint for the engine and service benches")
+    ap.add_argument("--engine", default=None, choices=("null", "piper", "xtts"),
+                    help="service bench: only this engine (null: the data path alone, 1 to 1,024 streams)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     args.which = args.which or ["all"]
@@ -128,6 +147,9 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
                      "rtf_sentence": res["rtf"]["sentence_39"]["rtf"], "rtf_paragraph": res["rtf"]["paragraph"]["rtf"]}
     if "chunker" in report:
         out["chunker"] = report["chunker"]
+    if "added_ttfa_ms_p50" in report.get("gateway", {}):
+        out["gateway"] = {k: report["gateway"][k] for k in ("added_ttfa_ms_p50", "added_ttfa_ms_p95",
+                                                            "zmq_ttfa_ms_p50", "http_ttfa_ms_p50")}
     if "soak" in report and "completed" in report["soak"]:
         out["soak"] = {k: report["soak"][k] for k in ("completed", "errors", "open_streams_after", "orphans_after_stop")}
     return out

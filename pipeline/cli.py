@@ -58,6 +58,9 @@ def _serve_args(ap: argparse.ArgumentParser) -> None:
                     help="also serve Home Assistant's Wyoming protocol here, e.g. tcp://127.0.0.1:10200")
     ap.add_argument("--wyoming-allow-remote", action="store_true", default=None,
                     help="let --wyoming listen beyond loopback (Wyoming has no authentication)")
+    ap.add_argument("--http", default=None, metavar="HOST:PORT|off",
+                    help="the HTTP/WebSocket gateway's address (default 127.0.0.1:8000; port 0 = any free port)")
+    ap.add_argument("--http-keys", default=None, metavar="FILE", help="API keys file: required beyond loopback")
     ap.add_argument("--log-level", default="INFO")
 
 
@@ -68,18 +71,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {"client_endpoint": args.endpoint, "engine": args.engine, "checkpoint": args.checkpoint,
                  "xtts_path": args.xtts_path, "device": args.device, "dtype": args.dtype, "workers": args.workers,
                  "forced_tokens_per_char": args.forced_tokens_per_char, "curve_keys_dir": args.keys,
-                 "wyoming_uri": args.wyoming, "wyoming_allow_remote": args.wyoming_allow_remote}
+                 "wyoming_uri": args.wyoming, "wyoming_allow_remote": args.wyoming_allow_remote,
+                 "http_listen": "" if args.http == "off" else args.http, "http_api_keys_file": args.http_keys}
     settings = settings.with_service(**{k: v for k, v in overrides.items() if v is not None})
-    from .security import check_bind_allowed
-    check_bind_allowed(settings.service.client_endpoint, settings.service.curve_keys_dir)
-    if settings.service.wyoming_uri:
-        from .integrations.wyoming_cli import check_uri, require_wyoming
-        check_uri(settings.service.wyoming_uri, settings.service.wyoming_allow_remote)
-        require_wyoming()
+    check_front_ends(settings)
     sup = Supervisor(settings, log_level=args.log_level)
     print(f"xtts-stream: starting on {settings.service.client_endpoint} (run dir {sup.run.root})", flush=True)
     sup.serve_forever()
     return 0 if sup.healthy else 1
+
+
+def check_front_ends(settings) -> None:
+    """Every listening address is refused before anything starts when it would be open without keys."""
+    from .security import check_bind_allowed
+    svc = settings.service
+    check_bind_allowed(svc.client_endpoint, svc.curve_keys_dir)
+    if svc.http_listen:
+        from .gateway.auth import check_listen_allowed, parse_listen
+        check_listen_allowed(parse_listen(svc.http_listen)[0], svc.http_api_keys_file)
+    if svc.wyoming_uri:
+        from .integrations.wyoming_cli import check_uri, require_wyoming
+        check_uri(svc.wyoming_uri, svc.wyoming_allow_remote)
+        require_wyoming()
 
 
 # -- say -----------------------------------------------------------------------

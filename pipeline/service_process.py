@@ -1,8 +1,9 @@
 """Run `xtts-stream serve` as a child process: for the demo, the tests and the benchmark.
 
-The service gets its own ipc:// endpoint in a fresh directory (no fixed port to
-collide on), is waited for until it answers, and is stopped with the same
-escalation the supervisor uses on its own children.
+The service gets its own ipc:// endpoint in a fresh directory and its HTTP
+gateway a free loopback port (nothing to collide on when several run at once),
+is waited for until it answers (and its gateway listens: ``http_url``), and is
+stopped with the same escalation the supervisor uses on its own children.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ class ServiceProcess:
                  log_path: Path | None = None, endpoint: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="xtts-svc-"))
         self.endpoint = endpoint or f"ipc://{self.dir}/client.sock"
-        self.args = ["serve", "--endpoint", self.endpoint, *serve_args]
+        http = [] if "--http" in serve_args else ["--http", "127.0.0.1:0"]
+        self.args = ["serve", "--endpoint", self.endpoint, *http, *serve_args]
+        self.http_url = ""  # the gateway's base URL once it listens ("" with --http off)
         self.env = {**os.environ, **(env or {})}
         self.ready_timeout_s = ready_timeout_s
         self.log_path = log_path or self.dir / "service.log"
@@ -48,13 +51,22 @@ class ServiceProcess:
                     raise RuntimeError(f"service exited with code {self.proc.returncode} before it was ready; "
                                        f"log:\n{self.log_tail()}")
                 try:  # in one-second slices, so a service that exits is noticed
-                    client.wait_ready(timeout_s=1.0)
-                    return
+                    reply = client.wait_ready(timeout_s=1.0)
+                    if self._gateway_known(reply.state.get("supervisor", {})):
+                        return
+                    time.sleep(0.05)  # the supervisor reports the gateway's address within a second
                 except ServiceUnavailable as exc:
                     if exc.code == "unhealthy":
                         raise RuntimeError(f"service is unhealthy (a process keeps failing); "
                                            f"log:\n{self.log_tail()}") from None
         raise RuntimeError(f"service not ready within {self.ready_timeout_s:.0f} s; log:\n{self.log_tail()}")
+
+    def _gateway_known(self, supervisor: dict) -> bool:
+        """The gateway's address has reached the supervisor's health report (or there is no gateway)."""
+        if "http" not in supervisor:
+            return supervisor.get("processes") is not None  # a report without it: the gateway is off
+        self.http_url = supervisor["http"]
+        return bool(self.http_url)
 
     def log_tail(self, chars: int = 4000) -> str:
         try:

@@ -107,6 +107,8 @@ class ServiceSettings:
     null_piece_ms: int = 250
     wyoming_uri: str = ""
     wyoming_allow_remote: bool = False
+    http_listen: str = "127.0.0.1:8000"
+    http_api_keys_file: str = ""
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,16 @@ import zmq
 
 from . import protocol as p
 from .codec import encode
+from .gateway import ADDR_FILE, read_url
 from .lifeline import PARENT_ENV
 from .runpaths import RUN_DIR_PREFIX, RunPaths, remove_stale_run_dirs, unlink_ipc
 from .settings import Settings
 
 log = logging.getLogger("xtts_stream.supervisor")
+
+# glibc raises its mmap threshold after a large free, after which big buffers come from the heap and
+# stay there; a fixed threshold hands every large message (a client's 1 MiB request) back to the OS.
+LEAN_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "1048576"}
 
 
 @dataclass
@@ -39,6 +44,7 @@ class Managed:
     argv: list[str]
     ctl: str
     env: dict[str, str] | None = None
+    role: str = "worker"  # front (coordinator, gateway, wyoming), worker or sink: the stop order
     proc: subprocess.Popen | None = None
     starts: deque = field(default_factory=deque)
     restarts: int = 0
@@ -64,21 +70,27 @@ class Supervisor:
         svc = settings.service
         self.processes = [
             Managed("coordinator", [py, "-m", "pipeline.coordinator", "--run-dir", str(self.run.root)],
-                    self.run.ctl("coordinator")),
+                    self.run.ctl("coordinator"), env=LEAN_MALLOC, role="front"),
             Managed("sink", [py, "-m", "workers.sink", "--in", self.run.sink_in, "--out", self.run.sink_out,
-                             "--ctl", self.run.ctl("sink")], self.run.ctl("sink")),
+                             "--ctl", self.run.ctl("sink")], self.run.ctl("sink"), role="sink"),
         ] + [
             Managed(f"w{i}", [py, "-m", "workers.worker", "--run-dir", str(self.run.root), "--name", f"w{i}"],
                     self.run.ctl(f"w{i}"), env=worker_env)
             for i in range(svc.workers)
         ]
-        if svc.wyoming_uri:  # optional: its failures make the service unhealthy, never stop it
+        # Optional front ends: their failures make the service unhealthy, never stop it.
+        if svc.http_listen:
+            self.processes.append(Managed("gateway", [py, "-m", "pipeline.gateway", "--run-dir", str(self.run.root),
+                                                      "--listen", svc.http_listen], self.run.ctl("gateway"),
+                                          role="front"))
+        if svc.wyoming_uri:
             self.processes.append(Managed("wyoming", [py, "-m", "pipeline.integrations.wyoming_cli", "--uri",
                                                       svc.wyoming_uri, "--endpoint", svc.client_endpoint,
                                                       "--ctl", self.run.ctl("wyoming")]
                                           + (["--keys", svc.curve_keys_dir] if svc.curve_keys_dir else [])
                                           + (["--allow-remote"] if svc.wyoming_allow_remote else []),
-                                          self.run.ctl("wyoming")))
+                                          self.run.ctl("wyoming"), role="front"))
+        self.http_url = ""
 
     # -- running -------------------------------------------------------------
 
@@ -108,7 +120,7 @@ class Supervisor:
     def reconcile(self) -> None:
         # Health goes to the coordinator on every change and once a second, so
         # a restarted coordinator learns it too.
-        changed = time.monotonic() - self._last_report > 1.0
+        changed = time.monotonic() - self._last_report > 1.0 or self._http_url_changed()
         for m in self.processes:
             if self.stop_requested:  # Ctrl-C reaches every child too: they exit, and must not come back
                 return
@@ -133,6 +145,15 @@ class Supervisor:
         m.restarts += 1
         self._spawn(m)
 
+    def _http_url_changed(self) -> bool:
+        url = read_url(self.run.root) if self.settings.service.http_listen else ""
+        if url == self.http_url:
+            return False
+        self.http_url = url
+        if url:
+            print(f"xtts-stream: HTTP gateway on {url} (page: {url}/)", flush=True)
+        return True
+
     @property
     def healthy(self) -> bool:
         return not any(m.given_up for m in self.processes)
@@ -141,6 +162,7 @@ class Supervisor:
         return {
             "processes": {m.name: {"pid": m.proc.pid if m.proc else None, "restarts": m.restarts,
                                    "given_up": m.given_up} for m in self.processes},
+            **({"http": self.http_url} if self.settings.service.http_listen else {}),
         }
 
     def _report_health(self) -> None:
@@ -158,6 +180,9 @@ class Supervisor:
 
     def _spawn(self, m: Managed) -> None:
         m.starts.append(time.monotonic())
+        if m.name == "gateway":  # a restarted gateway on port 0 gets a new port: the old address is void
+            (self.run.root / ADDR_FILE).unlink(missing_ok=True)
+            self.http_url = ""
         env = {**os.environ, **(m.env or {}), PARENT_ENV: str(os.getpid())}
         argv = m.argv + ["--log-level", self.log_level]
         out = open(self.log_dir / f"{m.name}.log", "ab") if self.log_dir else None
@@ -170,10 +195,11 @@ class Supervisor:
     # -- stopping ------------------------------------------------------------
 
     def stop(self) -> dict[str, str]:
-        """Front ends first (they stop taking text and tell clients), then workers, then the sink."""
-        order = [m for m in self.processes if m.name in ("wyoming", "coordinator")] + \
-                [m for m in self.processes if m.name.startswith("w") and m.name != "wyoming"] + \
-                [m for m in self.processes if m.name == "sink"]
+        """Front ends first (the coordinator stops taking text and tells clients, the gateway's and
+        Wyoming's too), then the workers, then the sink."""
+        order = [m for m in self.processes if m.role == "front"] + \
+                [m for m in self.processes if m.role == "worker"] + \
+                [m for m in self.processes if m.role == "sink"]
         for m in order:
             m.stop_step = self._escalate(m)
             log.info("%s stopped (%s)", m.name, m.stop_step)

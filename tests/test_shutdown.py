@@ -75,7 +75,8 @@ def test_stop_escalates_only_as_far_as_each_process_needs(tmp_path, faults, work
     run_dir = tmp_path / "run"
     config = tmp_path / "service.toml"
     config.write_text(f"[service]\nstop_grace_s = {GRACE_S}\nheartbeat_interval_s = 0.2\n")
-    settings = load_settings(config).with_service(engine="piper", client_endpoint=f"ipc://{run_dir}/client.sock")
+    settings = load_settings(config).with_service(engine="piper", client_endpoint=f"ipc://{run_dir}/client.sock",
+                                                  http_listen="127.0.0.1:0")
     sup = Supervisor(settings, run_dir=run_dir, worker_env={"XTTS_STREAM_FAULTS": faults}, log_dir=tmp_path)
     sup.start()
     steps: dict[str, str] = {}
@@ -87,7 +88,7 @@ def test_stop_escalates_only_as_far_as_each_process_needs(tmp_path, faults, work
     finally:
         if not steps:
             sup.stop()
-    assert steps == {"coordinator": "request", "sink": "request", "w0": worker_step}
+    assert steps == {"coordinator": "request", "gateway": "request", "sink": "request", "w0": worker_step}
     assert {m.name: m.stop_step for m in sup.processes} == steps
     assert not [name for name, pid in pids.items() if alive(pid)], "a process outlived stop()"
     assert not processes_mentioning(str(run_dir))
@@ -140,7 +141,7 @@ def test_signal_stops_the_service_in_order(sig, group):
     # client by its own disconnect monitor.
     assert out.error is not None and out.error.code in ("shutting_down", "connection_lost"), out.error
     steps = stop_steps(log)
-    assert set(steps) == {"coordinator", "w0", "sink"}, log
+    assert set(steps) == {"coordinator", "gateway", "w0", "sink"}, log
     # A worker busy with a long chunk on a loaded machine may need SIGTERM; the
     # coordinator, which only moves messages, never should.
     assert steps["coordinator"] in ("request", "already_exited"), steps
@@ -161,7 +162,8 @@ def test_a_short_grace_is_enough_for_a_worker_that_honours_sigterm(tmp_path):
     run_dir = tmp_path / "run"
     config = tmp_path / "service.toml"
     config.write_text("[service]\nstop_grace_s = 1.0\nheartbeat_interval_s = 0.2\n")
-    settings = load_settings(config).with_service(engine="piper", client_endpoint=f"ipc://{run_dir}/client.sock")
+    settings = load_settings(config).with_service(engine="piper", client_endpoint=f"ipc://{run_dir}/client.sock",
+                                                  http_listen="127.0.0.1:0")
     sup = Supervisor(settings, run_dir=run_dir, worker_env={"XTTS_STREAM_FAULTS": "ignore_shutdown"})
     sup.start()
     steps: dict[str, str] = {}

@@ -20,6 +20,7 @@ from typing import Any
 from .. import protocol as p
 from ..chunker import Chunk, Chunker
 from ..codec import DecodeError, decode
+from ..service_metrics import ServiceMetrics
 from ..settings import Settings
 from .admission import Refused, delivery_for, language_for, profile_for, voice_for
 from .stream import Stream
@@ -48,8 +49,8 @@ class CoordinatorCore:
         self.char_limits: dict[str, int] = {}
         self.sample_rate = 0
         self.health: dict[str, Any] = {"healthy": True}
-        self.counters: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()  # events for status (clients gone, audio dropped, ...)
+        self.metrics = ServiceMetrics()  # histograms and counters for monitoring (the gateway's /metrics)
         self.stopping = False
         self._boot = boot_id
         self._sids = itertools.count(1)
@@ -88,7 +89,7 @@ class CoordinatorCore:
             self._refuse(identity, exc.code, str(exc), exc.stream)
 
     def _refuse(self, identity: bytes, code: str, message: str, stream: str = "") -> None:
-        self.errors[code] += 1
+        self.metrics.observe_error(code, ends_stream=False)
         self.reply(identity, p.Error(code=code, message=message, stream=stream))
 
     def _route_request(self, identity: bytes, msg: p.Message, now: float) -> None:
@@ -354,7 +355,7 @@ class CoordinatorCore:
         if st is None or not st.live or msg.epoch != st.epoch:
             return
         log.warning("stream %s chunk %d failed: %s", st.sid, msg.chunk_index, msg.message)
-        self.errors["chunk_failed"] += 1
+        self.metrics.observe_error("chunk_failed", ends_stream=False)
         self.reply(st.client, p.Error(code="chunk_failed", stream=st.client_stream,
                                       message=f"chunk {msg.chunk_index} could not be spoken: {msg.message}"))
         st.released(st.reassembler.chunk_failed(msg.chunk_index), now)
@@ -408,7 +409,7 @@ class CoordinatorCore:
             return
         error = msg.metrics.get("error")
         if error:
-            self.errors["delivery_failed"] += 1
+            self.metrics.observe_error("delivery_failed")
             self.reply(st.client, p.Error(code="delivery_failed", stream=st.client_stream,
                                           message=f"the sink could not deliver: {error}"))
             self._forget(st)
@@ -418,9 +419,7 @@ class CoordinatorCore:
 
     def _done(self, st: Stream, now: float, extra: dict[str, Any]) -> None:
         metrics = {**extra, **st.metrics(self.engine_info, now)}
-        self.counters["streams_done"] += 1
-        self.counters["underruns"] += metrics.get("underruns") or 0
-        self.counters["seam_violations"] += metrics.get("seam_violations") or 0
+        self.metrics.observe_done(metrics)
         self.reply(st.client, p.Done(stream=st.client_stream, metrics=metrics))
         self._forget(st)
 
@@ -444,7 +443,7 @@ class CoordinatorCore:
             return
         log.warning("stream %s failed (%s): %s", st.sid, code, message)
         self._abandon(st, code)
-        self.errors[code] += 1
+        self.metrics.observe_error(code)
         self.reply(st.client, p.Error(code=code, message=message, stream=st.client_stream))
 
     def _abandon(self, st: Stream, code: str) -> None:
@@ -549,6 +548,13 @@ class CoordinatorCore:
             "engine": {**self.engine_info, "voices": self.voices[:100], "languages": sorted(self.char_limits)},
             "sample_rate": self.sample_rate,
             "counters": dict(self.counters),
-            "errors": dict(self.errors),
             "supervisor": self.health,
+            "metrics": self.metrics.snapshot(
+                gauges={"open_streams": len(self.streams),
+                        "queue_depth": len(self.backlog) + sum(len(w.inflight) for w in self.workers.workers.values()),
+                        "gpu_memory_bytes": {w.name: w.gpu_memory_bytes for w in self.workers.workers.values()
+                                             if w.gpu_memory_bytes}},
+                totals={"worker_deaths": self.workers.deaths,
+                        "worker_restarts": sum(proc.get("restarts", 0) for proc in
+                                               self.health.get("processes", {}).values() if isinstance(proc, dict))}),
         }

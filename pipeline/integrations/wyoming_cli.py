@@ -16,6 +16,7 @@ import logging
 import sys
 from urllib.parse import urlparse
 
+from ..lifeline import die_with_parent
 from ..security import is_local_endpoint
 from ..settings import SettingsError, load_settings
 
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     ap = argparse.ArgumentParser(prog="python -m pipeline.integrations.wyoming_cli")
     add_arguments(ap)
     return run(ap.parse_args(argv))

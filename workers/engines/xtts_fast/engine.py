@@ -212,7 +212,7 @@ class FastXttsEngine:
         return count
 
     def memory_bytes(self) -> int:
-        return int(torch.cuda.memory_allocated(self.device)) if self.cuda else 0
+        return int(torch.cuda.memory_reserved(self.device)) if self.cuda else 0
 
     def close(self) -> None:
         self.pieces.clear()
