@@ -81,6 +81,12 @@ class Utterance:
     chunks: list[p.ChunkInfo] = field(default_factory=list)  # which text each stretch of audio speaks
     on_chunk: Callable[[p.ChunkInfo], Any] | None = None
     _finished: bool = False
+    _cut: deque = field(default_factory=deque)  # blocks cut from spans, not yet yielded
+    _carry: bytes = b""  # the part of a block still waiting for the next span
+    _seq: int = 0
+    _offset: int = 0
+    _rate: int = 0
+    _epoch: int = 0
 
     async def send(self, delta: str) -> None:
         await self.client._send(p.Append(stream=self.stream, text=delta))
@@ -100,48 +106,73 @@ class Utterance:
     def __aiter__(self) -> AsyncIterator[Block]:
         return self._blocks()
 
-    async def messages(self) -> AsyncIterator[p.Audio | p.ChunkInfo]:
-        """Audio spans and chunk events in the order they arrived, until done (an error is raised)."""
+    async def messages(self) -> AsyncIterator[p.Accepted | p.Audio | p.ChunkInfo]:
+        """The stream's acceptance, audio spans and chunk events in the order they arrived, until done
+        (an error is raised)."""
+        while (item := await self._next_item()) is not None:
+            yield item
+
+    async def spans(self) -> AsyncIterator[p.Audio]:
+        """The audio as the service sent it: contiguous spans of any length."""
+        while (span := await self._next_span()) is not None:
+            yield span
+
+    async def _next_item(self) -> p.Accepted | p.Audio | p.ChunkInfo | None:
+        """The next reply, None once done; an error is raised. Nothing is returned after cancel()."""
         while not self._finished:
             item = await self.client._next(self)
             if item is _END:
                 self._finished = True
-                return
+                return None
             if isinstance(item, Exception):
                 self._finished = True
                 raise item
             if self.cancelled:
                 self.dropped_after_cancel += isinstance(item, p.Audio)
                 continue
-            yield item
+            return item
+        return None
 
-    async def spans(self) -> AsyncIterator[p.Audio]:
-        """The audio as the service sent it: contiguous spans of any length."""
-        async for item in self.messages():
+    async def _next_span(self) -> p.Audio | None:
+        while (item := await self._next_item()) is not None:
             if isinstance(item, p.Audio):
-                yield item
+                return item
+        return None
 
     async def _blocks(self) -> AsyncIterator[Block]:
-        """Spans re-cut into the profile's blocks."""
-        carry = b""
-        seq = offset = 0
-        size = rate = epoch = 0
-        async for span in self.spans():
-            size = (self.accepted.block_samples if self.accepted else 0) or span.sample_count
-            rate, epoch = span.sample_rate, span.epoch
-            data = memoryview(carry + bytes(span.pcm)) if carry else memoryview(span.pcm)
-            step = size * p.BYTES_PER_SAMPLE
-            whole = len(data) // step * step
-            for start in range(0, whole, step):
-                if self.cancelled:  # the rest of this span too: nothing after cancel()
+        """Spans re-cut into the profile's blocks. The cutting state lives on the utterance, so an
+        iteration that stops early and a later one together see every block once."""
+        while True:
+            while self._cut:
+                if self.cancelled:  # blocks already cut: nothing after cancel()
+                    self._cut.clear()
                     break
-                yield Block(self.stream, epoch, seq, offset, size, rate, data[start:start + step])
-                seq += 1
-                offset += size
-            carry = bytes(data[whole:])
-        if carry and not self.cancelled:
-            count = len(carry) // p.BYTES_PER_SAMPLE
-            yield Block(self.stream, epoch, seq, offset, count, rate, carry)
+                yield self._cut.popleft()
+            if self._finished:
+                return
+            span = await self._next_span()
+            if span is None:
+                if self._carry and not self.cancelled:
+                    count = len(self._carry) // p.BYTES_PER_SAMPLE
+                    self._cut.append(Block(self.stream, self._epoch, self._seq, self._offset, count,
+                                           self._rate, self._carry))
+                    self._carry = b""
+                    continue
+                return
+            self._cut_span(span)
+
+    def _cut_span(self, span: p.Audio) -> None:
+        size = (self.accepted.block_samples if self.accepted else 0) or span.sample_count
+        self._rate, self._epoch = span.sample_rate, span.epoch
+        data = memoryview(self._carry + bytes(span.pcm)) if self._carry else memoryview(span.pcm)
+        step = size * p.BYTES_PER_SAMPLE
+        whole = len(data) // step * step
+        for start in range(0, whole, step):
+            self._cut.append(Block(self.stream, self._epoch, self._seq, self._offset, size, self._rate,
+                                   data[start:start + step]))
+            self._seq += 1
+            self._offset += size
+        self._carry = bytes(data[whole:])
 
     async def collect(self) -> bytes:
         """All the audio as one PCM byte string (s16le at ``accepted.sample_rate``)."""
@@ -337,6 +368,7 @@ class Client:
                 utt.on_chunk(msg)
         elif isinstance(msg, p.Accepted):
             utt.accepted = msg
+            utt.queue.put_nowait(msg)
         elif isinstance(msg, p.Done):
             utt.metrics = msg.metrics
             self._streams.pop(utt.stream, None)

@@ -138,19 +138,22 @@ async def speak_or_raise(endpoint: str):
     return out
 
 
-def test_sink_death_fails_open_streams_and_service_recovers(tmp_path):
-    with service(tmp_path) as svc:
+def test_sink_death_fails_only_the_streams_it_writes_and_the_service_recovers(tmp_path):
+    with service(tmp_path, config=f'wav_dir = "{tmp_path / "wav"}"\n') as svc:
         sink_pid = run(status(svc.endpoint))["supervisor"]["processes"]["sink"]["pid"]
 
         async def go():
-            task = asyncio.create_task(speak(svc.endpoint, MORE * 6))
-            await asyncio.sleep(0.5)
+            to_file = asyncio.create_task(speak(svc.endpoint, MORE * 12, deliver="wav:long.wav"))
+            to_client = asyncio.create_task(speak(svc.endpoint, MORE))
+            await asyncio.sleep(1.0)
             os.kill(sink_pid, signal.SIGKILL)
-            return await task
-        out = run(go())
-        assert out.error is not None and out.error.code == "sink_restarted"
+            return await to_file, await to_client
+        to_file, to_client = run(go())
+        assert to_file.error is not None and to_file.error.code == "sink_restarted"
+        assert to_client.error is None and to_client.metrics["audio_s"] > 5, "client audio never passes the sink"
+        to_client.assert_in_order()
         run(wait_for(svc.endpoint, lambda s: s["supervisor"]["processes"]["sink"]["pid"] != sink_pid))
-        again = run(speak(svc.endpoint, "The sink is back."))
+        again = run(speak(svc.endpoint, "The sink is back.", deliver="wav:again.wav"))
         assert again.error is None and again.metrics["audio_s"] > 0.5
 
 

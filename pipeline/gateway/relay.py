@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..client import ServiceError, Utterance
-from ..protocol import ChunkInfo
+from ..protocol import Accepted, ChunkInfo
 
 log = logging.getLogger("xtts_stream.gateway")
 CANCEL_PATIENCE_S = 1.0  # a cancel that cannot even be sent (no coordinator) is given up
@@ -24,7 +24,7 @@ CANCEL_PATIENCE_S = 1.0  # a cancel that cannot even be sent (no coordinator) is
 
 @dataclass
 class Item:
-    kind: str                      # "audio", "chunk", "done" or "error"
+    kind: str                      # "accepted", "audio", "chunk", "done" or "error"
     pcm: bytes = b""
     sample_rate: int = 0
     chunk: dict[str, Any] | None = None
@@ -85,6 +85,9 @@ class Relay:
         try:
             # Audio as the service sent it (spans), with each chunk's record just before its first audio.
             async for msg in self.utt.messages():
+                if isinstance(msg, Accepted):
+                    self._items.put_nowait(Item("accepted", sample_rate=msg.sample_rate))
+                    continue
                 if isinstance(msg, ChunkInfo):
                     self._items.put_nowait(Item("chunk", chunk=chunk_record(msg)))
                     continue

@@ -84,7 +84,9 @@ async def create_speech(request: Request) -> Response:
     utt = gateway.backend.client(request.scope[gateway.caller_key]).speak(req.text, **req.options.kwargs())
     relay = Relay(utt, gateway.max_backlog_s).start()
     try:
-        first = await relay.next()
+        first: list[Item] = []
+        while not any(i.kind in DECISIVE for i in first):  # the status waits for audio, done or an error
+            first += await relay.next()
         _raise_before_audio(first, req)
     except BaseException:
         await relay.close()
@@ -92,8 +94,11 @@ async def create_speech(request: Request) -> Response:
     return SpeechStream(relay, first, req, relay.sample_rate(first))
 
 
+DECISIVE = ("audio", "done", "error")
+
+
 def _raise_before_audio(items: list[Item], req: SpeechRequest) -> None:
-    head = items[0]
+    head = next(i for i in items if i.kind in DECISIVE)
     if head.kind == "error":
         raise from_service(head.error.code, head.error.message)
     if head.kind == "done" and not any(i.kind == "audio" for i in items):

@@ -118,14 +118,12 @@ class StreamSession:
 
     async def _forward(self, relay: Relay) -> None:
         """The stream's audio and events, in order, until its done or error."""
-        accepted = False
         sent = 0
         while True:
             for item in await relay.next():
-                if item.kind == "audio":
-                    if not accepted:
-                        accepted = True
-                        await self.send_json(_accepted(relay, item))
+                if item.kind == "accepted":
+                    await self.send_json(_accepted(relay))
+                elif item.kind == "audio":
                     await self._send_bytes(item.pcm)
                     sent += len(item.pcm) // 2
                 elif item.kind == "chunk":
@@ -157,11 +155,10 @@ HANDLERS = {"open": StreamSession._open, "append": StreamSession._append, "end":
             "cancel": StreamSession._cancel}
 
 
-def _accepted(relay: Relay, first_audio: Item) -> dict[str, Any]:
+def _accepted(relay: Relay) -> dict[str, Any]:
     acc = relay.utt.accepted
-    return {"type": "accepted", "stream": relay.utt.stream, "profile": acc.profile if acc else "",
-            "sample_rate": relay.sample_rate([first_audio]), "format": "s16le", "channels": 1,
-            "block_samples": acc.block_samples if acc else 0}
+    return {"type": "accepted", "stream": relay.utt.stream, "profile": acc.profile, "sample_rate": acc.sample_rate,
+            "format": "s16le", "channels": 1, "block_samples": acc.block_samples, "max_lead_ms": acc.max_lead_ms}
 
 
 def _error(item: Item) -> dict[str, Any]:
