@@ -155,9 +155,13 @@ def test_a_period_before_a_lowercase_word_is_not_an_end() -> None:
     assert texts(ch.flush()) == ["It was 7 p.m. and"]
 
 
-def test_question_and_exclamation_marks_need_no_look_ahead() -> None:
+def test_question_and_exclamation_marks_wait_only_for_the_next_letter() -> None:
     ch = Chunker()
-    assert texts(ch.feed("Are you there? ")) == ["Are you there?"]
+    assert ch.feed("Are you there? ") == []  # "Yahoo! last spring": a lowercase word continues
+    assert texts(ch.feed("H")) == ["Are you there?"]
+    ch = Chunker()
+    assert ch.feed("He joined Yahoo! ") == []
+    assert ch.feed("l") == []
 
 
 # -- later chunks ------------------------------------------------------------------

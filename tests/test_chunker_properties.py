@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pipeline.chunker import Chunk, Chunker, check_spans, split_text
+from pipeline.chunker import Chunk, Chunker, base_language, check_spans, split_text
 from pipeline.settings import Profile
-from pipeline.text_rules import CLOSERS, CJK_CLAUSE_MARKS, CJK_SENTENCE_MARKS, is_cjk
+from pipeline.text_rules import CLOSERS, CJK_CLAUSE_MARKS, CJK_SENTENCE_MARKS, is_cjk, rules_for
 from tests.hypothesis_profiles import property_settings
 
 # Small sizes and limits so that short random texts reach every rule.
@@ -147,6 +148,18 @@ CONTINUATIONS = ["", " ", ".", ",", "!", "\"", "a", "A", "1", "\u3002", " a", " 
                  "x" * 80]
 
 
+
+def continuations(text: str, language: str) -> list[str]:
+    """CONTINUATIONS, plus whatever turns the word being written into a function word or a sentence starter."""
+    rules = rules_for(base_language(language))
+    tail = re.search(r"[^\W\d_]+$", text)
+    if tail is None:
+        return CONTINUATIONS
+    word = tail.group().lower()
+    grown = {w[len(word):] for w in rules.function_words | rules.starters if w.startswith(word) and w != word}
+    return CONTINUATIONS + sorted(grown)
+
+
 @property_settings(150)
 @given(text=random_texts, cut=st.floats(0, 1), config=st.sampled_from(CONFIGS[:3]),
        language=st.sampled_from(LANGUAGES))
@@ -156,7 +169,7 @@ def test_no_chunk_comes_out_before_its_end_is_certain(text, cut, config, languag
     profile, limits = config
     prefix = text[:int(len(text) * cut)]
     emitted = Chunker(profile, language, char_limits=limits).feed(prefix)
-    for more in CONTINUATIONS:
+    for more in continuations(prefix, language):
         assert split_text(prefix + more, profile, language, limits)[:len(emitted)] == emitted
 
 
@@ -178,7 +191,8 @@ def test_each_chunk_comes_out_as_soon_as_its_end_is_certain(text, config, langua
     for pos in range(1, len(text) + 1):
         for chunk in chunker.feed(text[pos - 1]):
             shorter = text[:pos - 1]
-            outcomes = [split_text(shorter + more, profile, language, limits) for more in CONTINUATIONS]
+            outcomes = [split_text(shorter + more, profile, language, limits)
+                        for more in continuations(shorter, language)]
             changed = [len(o) <= chunk.index or o[chunk.index] != chunk for o in outcomes]
             assert any(changed), (shorter, chunk)
 
