@@ -175,6 +175,8 @@ class Chunker:
         self._word_last: tuple[int, int] | None = None  # last word boundary within the window
         self._phrase_last: tuple[int, int] | None = None  # ... of those, the last before a function word
         self._pending_word: tuple[int, int, int] | None = None  # last word boundary (end, length, next word start)
+        self._weak_last: tuple[int, int] | None = None  # last word boundary right after a mark that ends nothing
+        self._mark_e = -1  # end of the last run of marks
         self._after: tuple[int, int] | None = None  # first candidate of any kind past the window
         self._hard = -1  # where the engine limit forces a cut inside a word
         self._last_e = -1
@@ -217,8 +219,11 @@ class Chunker:
                 if j == n and not final:
                     break
                 if j < n and i != self._last_e and buf[j] not in ATTACHED:
-                    self._candidate(i, WORD)
-                    self._pending_word = (i, self._clen, j)
+                    if i == self._mark_e:  # "Dr. |Silva", "K. |Berg": sounds like a sentence end
+                        self._weak_last = (i, self._clen)
+                    else:
+                        self._candidate(i, WORD)
+                        self._pending_word = (i, self._clen, j)
                 self._space = self._clen > 0
                 i = j
             else:
@@ -261,7 +266,7 @@ class Chunker:
         if not self._consume(buf, i, end):
             self._i = i
             return False
-        self._i = end
+        self._i = self._mark_e = end
         if kind:
             self._candidate(end, kind)
         return True
@@ -412,7 +417,8 @@ class Chunker:
 
     def _fallback(self, done: bool, window: int) -> tuple[int, int] | None:
         """No punctuation to use: a word boundary in the window (before a function word
-        in its second half if there is one), else the first candidate after it."""
+        in its second half if there is one), else the first candidate after it; only
+        then a boundary right after a mark that ends nothing, and last a hard cut."""
         if not self._known(done, window):
             return None
         lo = window // 2
@@ -429,7 +435,9 @@ class Chunker:
             return self._word_last[0], WORD
         if self._after is not None:
             return self._after
-        return (self._hard, _HARD) if done else None
+        if not done:
+            return None
+        return (self._weak_last[0], WORD) if self._weak_last is not None else (self._hard, _HARD)
 
     def _may_be_function_word(self, j: int) -> bool:
         """The word at buf[j:] (still being read) is, or may grow into, a function word."""
