@@ -174,7 +174,9 @@ class Chunker:
         self._punct: list[tuple[int, int, int]] = []  # (end, kind, cleaned length)
         self._word_last: tuple[int, int] | None = None  # last word boundary within the window
         self._phrase_last: tuple[int, int] | None = None  # ... of those, the last before a function word
-        self._pending_word: tuple[int, int, int] | None = None  # last word boundary (end, length, next word start)
+        # The last word boundary: (end, length, where the next word starts, the word before is a function word).
+        self._pending_word: tuple[int, int, int, bool] | None = None
+        self._word_at = -1  # where the word being read starts
         self._weak_last: tuple[int, int] | None = None  # last word boundary right after a mark that ends nothing
         self._mark_e = -1  # end of the last run of marks
         self._after: tuple[int, int] | None = None  # first candidate of any kind past the window
@@ -203,7 +205,7 @@ class Chunker:
             self._i = i
             if i == n:
                 return
-            self._s = i
+            self._s = self._word_at = i
         s, final, limit = self._s, self._final, self.limit
         self._gap = 0
         while i < n and self._hard < 0:
@@ -223,9 +225,10 @@ class Chunker:
                         self._weak_last = (i, self._clen)
                     else:
                         self._candidate(i, WORD)
-                        self._pending_word = (i, self._clen, j)
+                        w = self._word_at  # "e | quando" is no phrase break: the word before is a function word too
+                        self._pending_word = (i, self._clen, j, self._is_function_word(buf, w, i))
                 self._space = self._clen > 0
-                i = j
+                self._word_at = i = j
             else:
                 room = limit - self._clen - self._space
                 # Bounded by the room left, so a 100,000-character word is read once, not once per chunk.
@@ -289,13 +292,14 @@ class Chunker:
         if pending is None:
             return
         self._pending_word = None
-        end, c, j = pending
-        if c <= self._window and self._is_function_word(self._buf[j:i], i - j):
+        end, c, j, after_function_word = pending
+        if c <= self._window and not after_function_word and self._is_function_word(self._buf, j, i):
             self._phrase_last = (end, c)
 
-    def _is_function_word(self, word: str, size: int) -> bool:
+    def _is_function_word(self, buf: str, j: int, i: int) -> bool:
         rules = self._rules
-        return size <= rules.longest_function_word and unicodedata.normalize("NFC", word).lower() in rules.function_words
+        return i - j <= rules.longest_function_word and \
+            unicodedata.normalize("NFC", buf[j:i]).lower() in rules.function_words
 
     def _consume(self, buf: str, i: int, end: int) -> bool:
         """Add buf[i:end] to the cleaned length; False (and a hard cut) if it would pass the limit."""
@@ -424,11 +428,9 @@ class Chunker:
         lo = window // 2
         phrase = self._phrase_last if self._phrase_last is not None and self._phrase_last[1] >= lo else None
         pending = self._pending_word
-        if pending is not None and lo <= pending[1] <= window and self._hard < 0 and not self._eot \
-                and self._may_be_function_word(pending[2]):
-            # The last boundary may yet turn out to be before a function word ("an" -> "and").
-            if phrase is None or phrase[0] != pending[0]:
-                return None
+        if pending is not None and lo <= pending[1] <= window and not pending[3] and self._hard < 0 \
+                and not self._eot and self._may_be_function_word(pending[2]):
+            return None  # the last boundary may yet turn out to be before a function word ("an" -> "and")
         if phrase is not None:
             return phrase[0], _PHRASE
         if self._word_last is not None:

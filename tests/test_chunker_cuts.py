@@ -31,6 +31,9 @@ LATER_CHUNK_CASES = [
     ("pt", "Um, aaaa bbbbbb que cc dddd eeee ffff gggg hhhh iiii jjjj kkkk llll mmmm", "aaaa bbbbbb", "phrase"),
     ("pt", "Um, aaaa bbbb ccc e ddd eeee ffff gggg hhhh iiii jjjj kkkk llll mmmm", "aaaa bbbb ccc", "phrase"),
     ("pt", "Um, aaaa bbbb cc at\u00e9 eeee ffff gggg hhhh iiii jjjj kkkk llll mmmm", "aaaa bbbb cc", "phrase"),
+    # ... and not between two function words ("e | quando", "and | when"): the first one leads
+    ("pt", "Um, aaaa bbbbbb e quando cc dddd eeee ffff gggg hhhh iiii jjjj kkkk llll", "aaaa bbbbbb", "phrase"),
+    ("en", "One, aaaa bbbbbb and when cc dddd eeee ffff gggg hhhh iiii jjjj kkkk llll", "aaaa bbbbbb", "phrase"),
     # ... not in the first half (too short a chunk), not a longer word that starts like one
     ("en", "One, aaaa and bbbb cccc dddd eeee ffff gggg hhhh iiii jjjj kkkk llll", "aaaa and bbbb cccc", "word"),
     ("en", "One, aaaa bbbbbb andes cc dddd eeee ffff gggg hhhh iiii jjjj kkkk llll", "aaaa bbbbbb andes cc", "word"),
