@@ -211,22 +211,31 @@ class Chunker:
         while i < n and self._hard < 0:
             c = buf[i]
             if c in MARKS:
-                self._end_word(i)
+                if self._pending_word is not None:
+                    self._end_word(self._pending_word[1] <= self._window
+                                   and self._is_function_word(buf, self._word_at, i))
                 if not self._mark_run(buf, i):
                     break
                 i = self._i
             elif c.isspace():
-                self._end_word(i)
-                j = self._skip_space(i + 1)
-                if j == n and not final:
-                    break
+                # Is the word that just ended a function word? It only matters within the window.
+                pending = self._pending_word
+                function_word = (self._clen <= self._window or (pending is not None and pending[1] <= self._window)) \
+                    and self._is_function_word(buf, self._word_at, i)
+                if pending is not None:
+                    self._end_word(function_word)
+                j = i + 1
+                if j == n or buf[j].isspace():
+                    j = self._skip_space(j)
+                    if j == n and not final:
+                        break
                 if j < n and i != self._last_e and buf[j] not in ATTACHED:
                     if i == self._mark_e:  # "Dr. |Silva", "K. |Berg": sounds like a sentence end
                         self._weak_last = (i, self._clen)
                     else:
                         self._candidate(i, WORD)
-                        w = self._word_at  # "e | quando" is no phrase break: the word before is a function word too
-                        self._pending_word = (i, self._clen, j, self._is_function_word(buf, w, i))
+                        # "e | quando" is no phrase break: the word before is a function word too
+                        self._pending_word = (i, self._clen, j, function_word)
                 self._space = self._clen > 0
                 self._word_at = i = j
             else:
@@ -286,20 +295,19 @@ class Chunker:
         self._ws = (start, p)
         return p
 
-    def _end_word(self, i: int) -> None:
-        """The word after the last word boundary ends at ``i``: was that boundary before a function word?"""
-        pending = self._pending_word
-        if pending is None:
-            return
+    def _end_word(self, function_word: bool) -> None:
+        """The word after the last word boundary has ended: was that boundary before a function word?"""
+        end, c, _, after_function_word = self._pending_word
         self._pending_word = None
-        end, c, j, after_function_word = pending
-        if c <= self._window and not after_function_word and self._is_function_word(self._buf, j, i):
+        if function_word and not after_function_word and c <= self._window:
             self._phrase_last = (end, c)
 
     def _is_function_word(self, buf: str, j: int, i: int) -> bool:
         rules = self._rules
-        return i - j <= rules.longest_function_word and \
-            unicodedata.normalize("NFC", buf[j:i]).lower() in rules.function_words
+        if i - j > rules.longest_function_word:
+            return False
+        word = buf[j:i]
+        return (word if word.isascii() else unicodedata.normalize("NFC", word)).lower() in rules.function_words
 
     def _consume(self, buf: str, i: int, end: int) -> bool:
         """Add buf[i:end] to the cleaned length; False (and a hard cut) if it would pass the limit."""
@@ -359,8 +367,9 @@ class Chunker:
 
     def _end_of_input(self) -> None:
         self._eot = True
-        self._end_word(len(self._buf))
         end = len(self._buf)
+        if self._pending_word is not None:
+            self._end_word(self._is_function_word(self._buf, self._word_at, end))
         while self._buf[end - 1].isspace():
             end -= 1
         if self._punct and self._punct[-1][0] == end:
