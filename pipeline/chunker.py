@@ -41,7 +41,8 @@ from typing import Mapping, Sequence
 from .engine_limits import char_limit
 from .settings import Profile, load_settings
 from .text_clean import clean, is_speakable, replacement
-from .text_rules import ATTACHED, CLAUSE, MARKS, SENTENCE, WORD, classify_mark, is_cjk, mark_run_end, rules_for
+from .text_rules import (ATTACHED, CLAUSE, MARKS, SENTENCE, TOO_LONG, WORD, classify_mark, is_cjk, mark_run_end,
+                         rules_for)
 
 log = logging.getLogger("xtts_stream.chunker")
 
@@ -261,10 +262,10 @@ class Chunker:
         # Every mark and closing quote is at least one output character: a run longer
         # than the room left passes the limit wherever it ends, so it is not read further.
         stop = i + self.limit - self._clen + 1
-        if mark_run_end(buf, i, stop) >= stop:
+        found = classify_mark(buf, i, self._final, self._rules, self._s, self._skip_space, stop)
+        if found is not None and found[1] == TOO_LONG:
             self._hard = self._hard_cut(self._measure_run(buf, i, stop)[2])
             return False
-        found = classify_mark(buf, i, self._final, self._rules, self._s, self._skip_space)
         if found is None:
             # Pending, but the marks already here are output text: any later
             # candidate comes after them, and if they pass the limit, so does the cut.

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 # Kinds of chunk end, weakest first; NOT_A_CUT means "the mark does not end anything".
 NOT_A_CUT, WORD, CLAUSE, SENTENCE = 0, 1, 2, 3
+TOO_LONG = -1  # a run of marks longer than the caller's bound (see classify_mark)
 
 CJK_SENTENCE_MARKS = "\u3002\uff01\uff1f\uff0e\uff61"
 CJK_CLAUSE_MARKS = "\uff0c\u3001\uff1b\uff1a"
@@ -162,7 +163,7 @@ def rules_for(language: str) -> LanguageRules:
 
 
 def classify_mark(buf: str, i: int, final: bool, rules: LanguageRules, floor: int,
-                  skip_space=None) -> tuple[int, int] | None:
+                  skip_space=None, stop: int | None = None) -> tuple[int, int] | None:
     """Classify the punctuation run starting at ``buf[i]`` (a character in MARKS).
 
     Returns ``(end, kind)``: ``end`` is just past the run and its closing quotes
@@ -171,11 +172,15 @@ def classify_mark(buf: str, i: int, final: bool, rules: LanguageRules, floor: in
     ``floor`` is where the current chunk starts: the word before the mark is
     read from there on, never from an earlier chunk. ``skip_space(p)`` returns
     the end of the whitespace run at ``p`` (the chunker passes one that
-    remembers how far a long run was already read).
+    remembers how far a long run was already read). The run is read no further
+    than ``stop``; a run that reaches it gives ``(stop, TOO_LONG)``.
     """
     n = len(buf)
-    j = _MARK_RUN.match(buf, i).end()
-    k = _CLOSER_RUN.match(buf, j).end()
+    end = n if stop is None else min(stop, n)
+    j = _MARK_RUN.match(buf, i, end).end()
+    k = _CLOSER_RUN.match(buf, j, end).end()
+    if k == stop:
+        return k, TOO_LONG
     if k == n and not final:
         return None
     last = buf[j - 1]
@@ -186,13 +191,16 @@ def classify_mark(buf: str, i: int, final: bool, rules: LanguageRules, floor: in
     if last in _CLAUSE:
         return k, CLAUSE
     run = buf[i:j]
-    m = skip_space(k) if skip_space is not None else _skip_space(buf, k)
+    if k + 1 < n and not buf[k + 1].isspace():
+        m = k + 1  # the usual single space
+    else:
+        m = skip_space(k) if skip_space is not None else _skip_space(buf, k)
     if not all(ch in _DOTS for ch in run):
         return _after_run(buf, k, m, final, _bang_kind)
     if len(run) > 1 or "\u2026" in run:
         return _after_run(buf, k, m, final, _ellipsis_kind)
     token, lead = _token_before(buf, i, floor)
-    return _after_run(buf, k, m, final, lambda nxt: _period_kind(nxt, token, lead, rules))
+    return _after_run(buf, k, m, final, _PeriodRule(token, lead, rules))
 
 
 def mark_run_end(buf: str, i: int, stop: int | None = None) -> int:
@@ -208,17 +216,27 @@ def _skip_space(buf: str, p: int) -> int:
     return p
 
 
-@dataclass(frozen=True)
 class _Next:
-    """What follows a mark: the first character of the next word and the word's letters so far."""
+    """What follows a mark: the first character of the next word ("" at the end of the
+    input), and on request the word itself, read only when a rule needs it."""
 
-    first: str  # "" at the end of the input
-    word: str  # its letters (and combining marks), at most _MAX_TOKEN + 1 of them
-    complete: bool  # the word has ended (or the input has)
+    __slots__ = ("first", "_buf", "_p", "_final")
+
+    def __init__(self, first: str, buf: str = "", p: int = 0, final: bool = True) -> None:
+        self.first, self._buf, self._p, self._final = first, buf, p, final
+
+    def word(self) -> tuple[str, bool]:
+        """The word's letters (and combining marks), at most _MAX_TOKEN + 1 of them, and whether it has ended."""
+        buf, p = self._buf, self._p
+        n = len(buf)
+        q, stop = p, min(n, p + _MAX_TOKEN + 1)
+        while q < stop and (buf[q].isalpha() or unicodedata.category(buf[q])[0] == "M"):
+            q += 1
+        return buf[p:q], q < n or self._final
 
 
 def _after_run(buf: str, k: int, m: int, final: bool, kind_of) -> tuple[int, int] | None:
-    """A sentence-mark run ending at ``k`` followed by whitespace up to ``m``: read the next word."""
+    """A sentence-mark run ending at ``k`` followed by whitespace up to ``m``: look at the next word."""
     n = len(buf)
     if m == n:
         return (k, SENTENCE) if final else None
@@ -229,32 +247,25 @@ def _after_run(buf: str, k: int, m: int, final: bool, kind_of) -> tuple[int, int
     while p < stop and buf[p] in _OPENERS:
         p += 1
     if p == m + _MAX_TOKEN:  # a long run of opening brackets: no word follows in reach
-        return k, kind_of(_Next("", "", True))
-    if p < n:
-        q = p
-        stop = min(n, p + _MAX_TOKEN + 1)
-        while q < stop and _in_word(buf[q]):
-            q += 1
-        kind = kind_of(_Next(buf[p], buf[p:q], q < n or final))
+        kind = kind_of(_END_OF_WORDS)
+    elif p < n:
+        kind = kind_of(_Next(buf[p], buf, p, final))
     elif final:
-        kind = kind_of(_Next("", "", True))
+        kind = kind_of(_END_OF_WORDS)
     else:
         kind = _same_for_any_word(kind_of)
     return None if kind is None else (k, kind)
 
 
-def _in_word(ch: str) -> bool:
-    return ch.isalpha() or unicodedata.category(ch)[0] == "M"
-
-
-# One next word of each class the rules tell apart: lowercase, a sentence starter
-# (filled in per call), a capitalised word that starts nothing, a digit, anything else.
-_SAMPLE_WORDS = (_Next("a", "a", True), _Next("Q", "Qzxq", True), _Next("1", "", True), _Next("", "", True))
+_END_OF_WORDS = _Next("")
+# One next word of each class the rules tell apart: lowercase, a capitalised word that
+# starts nothing, a sentence starter (English, Portuguese), a digit, anything else.
+_SAMPLE_WORDS = tuple(_Next(w[:1], w) for w in ("a", "Qzxq", "The", "O", "1", ""))
 
 
 def _same_for_any_word(kind_of) -> int | None:
     """Only opening quotes or brackets so far: the kind, if every next word gives the same one."""
-    kinds = {kind_of(nxt) for nxt in _SAMPLE_WORDS + (_Next("T", "The", True), _Next("O", "O", True))}
+    kinds = {kind_of(nxt) for nxt in _SAMPLE_WORDS}
     return kinds.pop() if len(kinds) == 1 else None
 
 
@@ -264,6 +275,16 @@ def _bang_kind(nxt: _Next) -> int:
 
 def _ellipsis_kind(nxt: _Next) -> int:
     return CLAUSE if nxt.first.islower() else SENTENCE
+
+
+class _PeriodRule:
+    __slots__ = ("token", "lead", "rules")
+
+    def __init__(self, token: str, lead: bool, rules: LanguageRules) -> None:
+        self.token, self.lead, self.rules = token, lead, rules
+
+    def __call__(self, nxt: _Next) -> int | None:
+        return _period_kind(nxt, self.token, self.lead, self.rules)
 
 
 def _period_kind(nxt: _Next, token: str, lead: bool, rules: LanguageRules) -> int | None:
@@ -284,10 +305,11 @@ def _period_kind(nxt: _Next, token: str, lead: bool, rules: LanguageRules) -> in
 
 def _abbreviation_kind(nxt: _Next, rules: LanguageRules) -> int | None:
     """After an abbreviation, a capitalised word ends the sentence only if it usually starts one."""
-    word = unicodedata.normalize("NFC", nxt.word).lower()
-    if word in rules.starters and nxt.complete:
+    word, complete = nxt.word()
+    word = unicodedata.normalize("NFC", word).lower()
+    if word in rules.starters and complete:
         return SENTENCE
-    if word in rules.starters or (not nxt.complete and word in rules.starter_prefixes):
+    if word in rules.starters or (not complete and word in rules.starter_prefixes):
         return None  # "The" may yet become "Theodore"; "Th" may yet become "Then"
     return NOT_A_CUT
 
