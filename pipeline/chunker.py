@@ -54,6 +54,7 @@ _CUT_NAMES = {WORD: "word", CLAUSE: "clause", SENTENCE: "sentence", _END: "end",
 _ASCII_PLAIN = re.compile(r"[A-Za-z0-9\"#$%&'()*+\-/<=>@\[\\\]^_`{|}~]+")
 _TRIM_AT = 2048  # drop consumed input once this much has piled up
 _MAX_MARK_RUN = 16  # combining marks kept with their base at a hard cut; a longer run is cut inside
+_nfc = functools.partial(unicodedata.normalize, "NFC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +176,8 @@ class Chunker:
         self._punct: list[tuple[int, int, int]] = []  # (end, kind, cleaned length)
         self._word_last: tuple[int, int] | None = None  # last word boundary within the window
         self._phrase_last: tuple[int, int] | None = None  # ... of those, the last before a function word
-        # The last word boundary: (end, length, where the next word starts, the word before is a function word).
+        # The last word boundary where a phrase cut may go (second half of the window), while the
+        # word after it is read: (end, length, where that word starts, the word before is a function word).
         self._pending_word: tuple[int, int, int, bool] | None = None
         self._word_at = -1  # where the word being read starts
         self._weak_last: tuple[int, int] | None = None  # last word boundary right after a mark that ends nothing
@@ -207,24 +209,37 @@ class Chunker:
             if i == n:
                 return
             self._s = self._word_at = i
-        s, final, limit = self._s, self._final, self.limit
+        s, final, limit, window = self._s, self._final, self.limit, self._window
+        function_words, longest = self._rules.function_words, self._rules.longest_function_word
+        phrase_lo = window // 2  # phrase cuts go in the second half of the window
+        rules, skip_space = self._rules, self._skip_space
         self._gap = 0
         while i < n and self._hard < 0:
             c = buf[i]
             if c in MARKS:
                 if self._pending_word is not None:
-                    self._end_word(self._pending_word[1] <= self._window
-                                   and self._is_function_word(buf, self._word_at, i))
-                if not self._mark_run(buf, i):
+                    self._end_word(self._is_function_word(buf, self._word_at, i))
+                found = classify_mark(buf, i, final, rules, s, skip_space, i + limit - self._clen + 1)
+                if found is None or found[1] == TOO_LONG:
+                    self._mark_wait(buf, i, found)
                     break
-                i = self._i
+                end, kind = found
+                if not self._consume(buf, i, end):
+                    break
+                i = self._mark_e = end
+                if kind:
+                    self._candidate(end, kind)
             elif c.isspace():
-                # Is the word that just ended a function word? It only matters within the window.
-                pending = self._pending_word
-                function_word = (self._clen <= self._window or (pending is not None and pending[1] <= self._window)) \
-                    and self._is_function_word(buf, self._word_at, i)
-                if pending is not None:
-                    self._end_word(function_word)
+                # Inline, as this runs once per word. Whether the word that just ended is a
+                # function word matters only next to a boundary where a phrase cut may go.
+                clen, function_word = self._clen, False
+                if self._pending_word is not None or phrase_lo <= clen <= window:
+                    w = self._word_at
+                    if i - w <= longest:
+                        word = buf[w:i]
+                        function_word = (word if word.isascii() else _nfc(word)).lower() in function_words
+                    if self._pending_word is not None:
+                        self._end_word(function_word)
                 j = i + 1
                 if j == n or buf[j].isspace():
                     j = self._skip_space(j)
@@ -232,12 +247,16 @@ class Chunker:
                         break
                 if j < n and i != self._last_e and buf[j] not in ATTACHED:
                     if i == self._mark_e:  # "Dr. |Silva", "K. |Berg": sounds like a sentence end
-                        self._weak_last = (i, self._clen)
-                    else:
-                        self._candidate(i, WORD)
-                        # "e | quando" is no phrase break: the word before is a function word too
-                        self._pending_word = (i, self._clen, j, function_word)
-                self._space = self._clen > 0
+                        self._weak_last = (i, clen)
+                    else:  # a word boundary (`_candidate`, inline)
+                        if clen <= window:
+                            self._word_last = (i, clen)
+                        elif self._after is None:
+                            self._after = (i, WORD)
+                        self._last_e = i
+                        if phrase_lo <= clen <= window:  # "e | quando" is no phrase break: note the word before
+                            self._pending_word = (i, clen, j, function_word)
+                self._space = clen > 0
                 self._word_at = i = j
             else:
                 room = limit - self._clen - self._space
@@ -257,32 +276,19 @@ class Chunker:
         if final and i == n and self._hard < 0 and not self._eot:
             self._end_of_input()
 
-    def _mark_run(self, buf: str, i: int) -> bool:
-        """Read the run of marks at buf[i]; False if it is pending (or forces a hard cut)."""
-        # Every mark and closing quote is at least one output character: a run longer
-        # than the room left passes the limit wherever it ends, so it is not read further.
-        stop = i + self.limit - self._clen + 1
-        found = classify_mark(buf, i, self._final, self._rules, self._s, self._skip_space, stop)
-        if found is not None and found[1] == TOO_LONG:
-            self._hard = self._hard_cut(self._measure_run(buf, i, stop)[2])
-            return False
-        if found is None:
-            # Pending, but the marks already here are output text: any later
-            # candidate comes after them, and if they pass the limit, so does the cut.
-            grown, _, over = self._measure_run(buf, i, mark_run_end(buf, i))
-            if over >= 0:
-                self._hard = self._hard_cut(over)
-            self._gap = grown - self._clen
-            self._i = i
-            return False
-        end, kind = found
-        if not self._consume(buf, i, end):
-            self._i = i
-            return False
-        self._i = self._mark_e = end
-        if kind:
-            self._candidate(end, kind)
-        return True
+    def _mark_wait(self, buf: str, i: int, found: tuple[int, int] | None) -> None:
+        """The run of marks at buf[i] is pending, or too long to fit: note what is certain already."""
+        if found is not None:
+            # Every mark and closing quote is at least one output character: a run longer
+            # than the room left passes the limit wherever it ends, so it is not read further.
+            self._hard = self._hard_cut(self._measure_run(buf, i, found[0])[2])
+            return
+        # Pending, but the marks already here are output text: any later candidate
+        # comes after them, and if they pass the limit, so does the cut.
+        grown, _, over = self._measure_run(buf, i, mark_run_end(buf, i))
+        if over >= 0:
+            self._hard = self._hard_cut(over)
+        self._gap = grown - self._clen
 
     def _skip_space(self, p: int) -> int:
         """The end of the whitespace run at ``p``, remembering how far a run was already read."""
@@ -308,7 +314,7 @@ class Chunker:
         if i - j > rules.longest_function_word:
             return False
         word = buf[j:i]
-        return (word if word.isascii() else unicodedata.normalize("NFC", word)).lower() in rules.function_words
+        return (word if word.isascii() else _nfc(word)).lower() in rules.function_words
 
     def _consume(self, buf: str, i: int, end: int) -> bool:
         """Add buf[i:end] to the cleaned length; False (and a hard cut) if it would pass the limit."""
@@ -438,8 +444,8 @@ class Chunker:
         lo = window // 2
         phrase = self._phrase_last if self._phrase_last is not None and self._phrase_last[1] >= lo else None
         pending = self._pending_word
-        if pending is not None and lo <= pending[1] <= window and not pending[3] and self._hard < 0 \
-                and not self._eot and self._may_be_function_word(pending[2]):
+        if pending is not None and not pending[3] and self._hard < 0 and not self._eot \
+                and self._may_be_function_word(pending[2]):
             return None  # the last boundary may yet turn out to be before a function word ("an" -> "and")
         if phrase is not None:
             return phrase[0], _PHRASE

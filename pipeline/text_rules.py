@@ -177,8 +177,12 @@ def classify_mark(buf: str, i: int, final: bool, rules: LanguageRules, floor: in
     """
     n = len(buf)
     end = n if stop is None else min(stop, n)
-    j = _MARK_RUN.match(buf, i, end).end()
-    k = _CLOSER_RUN.match(buf, j, end).end()
+    j = i + 1  # runs are mostly one mark: read longer ones (and closers) in C
+    if j < end and buf[j] in MARKS:
+        j = _MARK_RUN.match(buf, j, end).end()
+    k = j
+    if k < end and buf[k] in CLOSERS:
+        k = _CLOSER_RUN.match(buf, k, end).end()
     if k == stop:
         return k, TOO_LONG
     if k == n and not final:
@@ -190,17 +194,34 @@ def classify_mark(buf: str, i: int, final: bool, rules: LanguageRules, floor: in
         return k, NOT_A_CUT
     if last in _CLAUSE:
         return k, CLAUSE
-    run = buf[i:j]
     if k + 1 < n and not buf[k + 1].isspace():
         m = k + 1  # the usual single space
     else:
         m = skip_space(k) if skip_space is not None else _skip_space(buf, k)
-    if not all(ch in _DOTS for ch in run):
-        return _after_run(buf, k, m, final, _bang_kind)
-    if len(run) > 1 or "\u2026" in run:
-        return _after_run(buf, k, m, final, _ellipsis_kind)
-    token, lead = _token_before(buf, i, floor)
-    return _after_run(buf, k, m, final, _PeriodRule(token, lead, rules))
+    if m == n:
+        return (k, SENTENCE) if final else None
+    if buf[m] in ATTACHED:
+        return k, NOT_A_CUT
+    if j == i + 1 and last == ".":
+        mode, token = _PERIOD, word_before(buf, i, floor)
+    elif all(ch in _DOTS for ch in buf[i:j]):
+        mode, token = _ELLIPSIS, ""
+    else:
+        mode, token = _BANG, ""
+    p = m
+    if buf[p] in _OPENERS:
+        stop = min(n, m + _MAX_TOKEN)
+        while p < stop and buf[p] in _OPENERS:
+            p += 1
+        if p == m + _MAX_TOKEN:  # a long run of opening brackets: no word follows in reach
+            return k, _kind(mode, "", "", 0, True, token, buf, i, floor, rules)
+        if p == n:
+            if final:
+                return k, _kind(mode, "", "", 0, True, token, buf, i, floor, rules)
+            kinds = {_kind(mode, w[:1], w, 0, True, token, buf, i, floor, rules) for w in _SAMPLE_WORDS}
+            return (k, kinds.pop()) if len(kinds) == 1 else None
+    kind = _kind(mode, buf[p], buf, p, final, token, buf, i, floor, rules)
+    return None if kind is None else (k, kind)
 
 
 def mark_run_end(buf: str, i: int, stop: int | None = None) -> int:
@@ -216,82 +237,26 @@ def _skip_space(buf: str, p: int) -> int:
     return p
 
 
-class _Next:
-    """What follows a mark: the first character of the next word ("" at the end of the
-    input), and on request the word itself, read only when a rule needs it."""
-
-    __slots__ = ("first", "_buf", "_p", "_final")
-
-    def __init__(self, first: str, buf: str = "", p: int = 0, final: bool = True) -> None:
-        self.first, self._buf, self._p, self._final = first, buf, p, final
-
-    def word(self) -> tuple[str, bool]:
-        """The word's letters (and combining marks), at most _MAX_TOKEN + 1 of them, and whether it has ended."""
-        buf, p = self._buf, self._p
-        n = len(buf)
-        q, stop = p, min(n, p + _MAX_TOKEN + 1)
-        while q < stop and (buf[q].isalpha() or unicodedata.category(buf[q])[0] == "M"):
-            q += 1
-        return buf[p:q], q < n or self._final
+_PERIOD, _ELLIPSIS, _BANG = 0, 1, 2
+# Only opening quotes or brackets so far: one next word of each class the rules tell
+# apart (lowercase, a capitalised word that starts nothing, sentence starters in
+# English and Portuguese, a digit, anything else); if all agree, so will the real one.
+_SAMPLE_WORDS = ("a", "Qzxq", "The", "O", "1", "")
 
 
-def _after_run(buf: str, k: int, m: int, final: bool, kind_of) -> tuple[int, int] | None:
-    """A sentence-mark run ending at ``k`` followed by whitespace up to ``m``: look at the next word."""
-    n = len(buf)
-    if m == n:
-        return (k, SENTENCE) if final else None
-    if buf[m] in ATTACHED:
-        return k, NOT_A_CUT
-    p = m
-    stop = min(n, m + _MAX_TOKEN)
-    while p < stop and buf[p] in _OPENERS:
-        p += 1
-    if p == m + _MAX_TOKEN:  # a long run of opening brackets: no word follows in reach
-        kind = kind_of(_END_OF_WORDS)
-    elif p < n:
-        kind = kind_of(_Next(buf[p], buf, p, final))
-    elif final:
-        kind = kind_of(_END_OF_WORDS)
-    else:
-        kind = _same_for_any_word(kind_of)
-    return None if kind is None else (k, kind)
-
-
-_END_OF_WORDS = _Next("")
-# One next word of each class the rules tell apart: lowercase, a capitalised word that
-# starts nothing, a sentence starter (English, Portuguese), a digit, anything else.
-_SAMPLE_WORDS = tuple(_Next(w[:1], w) for w in ("a", "Qzxq", "The", "O", "1", ""))
-
-
-def _same_for_any_word(kind_of) -> int | None:
-    """Only opening quotes or brackets so far: the kind, if every next word gives the same one."""
-    kinds = {kind_of(nxt) for nxt in _SAMPLE_WORDS}
-    return kinds.pop() if len(kinds) == 1 else None
-
-
-def _bang_kind(nxt: _Next) -> int:
-    return NOT_A_CUT if nxt.first.islower() else SENTENCE
-
-
-def _ellipsis_kind(nxt: _Next) -> int:
-    return CLAUSE if nxt.first.islower() else SENTENCE
-
-
-class _PeriodRule:
-    __slots__ = ("token", "lead", "rules")
-
-    def __init__(self, token: str, lead: bool, rules: LanguageRules) -> None:
-        self.token, self.lead, self.rules = token, lead, rules
-
-    def __call__(self, nxt: _Next) -> int | None:
-        return _period_kind(nxt, self.token, self.lead, self.rules)
-
-
-def _period_kind(nxt: _Next, token: str, lead: bool, rules: LanguageRules) -> int | None:
-    """What a single period after ``token`` ends, given the next word (None: wait for more of it)."""
-    first, key = nxt.first, token.lower()
-    if key in rules.titles or first.islower() or lead:
+def _kind(mode: int, first: str, text: str, p: int, final: bool, token: str, buf: str, i: int, floor: int,
+          rules: LanguageRules) -> int | None:
+    """What a run of marks ends, given the next word: its first character, and the word
+    itself at text[p:] (read only after an abbreviation). None: wait for more of it."""
+    if mode != _PERIOD:
+        if mode == _ELLIPSIS:
+            return CLAUSE if first.islower() else SENTENCE
+        return NOT_A_CUT if first.islower() else SENTENCE  # "Yahoo! last spring"
+    key = token.lower()
+    if first.islower() or key in rules.titles:
         return NOT_A_CUT
+    if _LIST_MARKER.fullmatch(token) and _leads_line(buf, _word_start(buf, i, floor), floor):
+        return NOT_A_CUT  # "1. Preheat", "• 3. Serve"
     if first.isdigit() and (key in rules.number_prefixes or key in _NUMBER_SIGNS):
         return NOT_A_CUT
     if not first.isupper():
@@ -299,26 +264,22 @@ def _period_kind(nxt: _Next, token: str, lead: bool, rules: LanguageRules) -> in
     if len(token) == 1 and token.isupper():
         return NOT_A_CUT  # an initial before a name
     if rules.starters and (key in rules.abbreviations or _DOTTED.fullmatch(token)):
-        return _abbreviation_kind(nxt, rules)
+        return _abbreviation_kind(text, p, final, rules)
     return SENTENCE
 
 
-def _abbreviation_kind(nxt: _Next, rules: LanguageRules) -> int | None:
+def _abbreviation_kind(text: str, p: int, final: bool, rules: LanguageRules) -> int | None:
     """After an abbreviation, a capitalised word ends the sentence only if it usually starts one."""
-    word, complete = nxt.word()
-    word = unicodedata.normalize("NFC", word).lower()
+    n = len(text)
+    q, stop = p, min(n, p + _MAX_TOKEN + 1)
+    while q < stop and (text[q].isalpha() or unicodedata.category(text[q])[0] == "M"):
+        q += 1
+    word, complete = unicodedata.normalize("NFC", text[p:q]).lower(), q < n or final
     if word in rules.starters and complete:
         return SENTENCE
     if word in rules.starters or (not complete and word in rules.starter_prefixes):
         return None  # "The" may yet become "Theodore"; "Th" may yet become "Then"
     return NOT_A_CUT
-
-
-def _token_before(buf: str, i: int, floor: int) -> tuple[str, bool]:
-    """The word ending at ``buf[i]`` (without opening quotes or brackets), and whether it is a list marker."""
-    j = _word_start(buf, i, floor)
-    token = buf[j:i].lstrip(OPENERS)
-    return token, bool(_LIST_MARKER.fullmatch(token)) and _leads_line(buf, j, floor)
 
 
 def _word_start(buf: str, i: int, floor: int) -> int:
