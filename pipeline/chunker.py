@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from .chunk_budget import checked_engine_speed, chunk_budget
 from .engine_limits import char_limit
 from .settings import Profile, load_settings
 from .text_clean import clean, is_speakable, replacement
@@ -86,30 +86,6 @@ def base_language(language: str) -> str:
     return language.strip().lower().replace("_", "-").split("-")[0]
 
 
-def chunk_budget(profile: Profile, engine_chars_per_s: float, spoken: int, first: int) -> int:
-    """The most characters the next chunk may have so that the engine keeps ahead of playback.
-
-    ``spoken`` is the cleaned length of every chunk emitted so far, ``first``
-    that of chunk 0. Playback of chunk 0 starts when it is ready at the
-    earliest; from then on the engine must finish chunks 1..k (their length
-    over ``engine_chars_per_s``) before the audio of chunks 0..k-1 (their
-    length over ``chars_per_second``) has played, or before the pre-buffer
-    would, whichever is later. The profile's first-chunk size is the floor.
-    """
-    queued_s = max(spoken / profile.chars_per_second, profile.prebuffer_ms / 1000)
-    room = math.floor(engine_chars_per_s * queued_s + 1e-9) - (spoken - first)
-    return max(room, profile.first_chunk_max_chars)
-
-
-def _checked_speed(value: float | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"engine_chars_per_s must be a positive number of characters per second or None, "
-                         f"got {value!r}")
-    return float(value)
-
-
 class Chunker:
     def __init__(self, profile: str | Profile = "fast", language: str = "en", stream: str = "",
                  char_limits: Mapping[str, int] | None = None, engine_chars_per_s: float | None = None) -> None:
@@ -118,7 +94,7 @@ class Chunker:
         self.limit = char_limit(self.language, char_limits)
         self.stream = stream
         # None: a streaming engine, whose first audio does not wait for the whole chunk.
-        self.engine_chars_per_s = _checked_speed(engine_chars_per_s)
+        self.engine_chars_per_s = checked_engine_speed(engine_chars_per_s)
         self._rules = rules_for(self.language)
         self._buf = ""
         self._base = 0  # input offset of self._buf[0]

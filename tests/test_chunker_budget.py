@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.chunker import Chunker, check_spans, chunk_budget, resolve_profile, split_text
+from pipeline.chunk_budget import chunk_budget
+from pipeline.chunker import Chunker, check_spans, resolve_profile, split_text
 from pipeline.settings import Profile
 from tests.hypothesis_profiles import property_settings
 
