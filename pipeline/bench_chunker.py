@@ -1,9 +1,13 @@
-"""Chunker throughput: `split_text` on a long text, and what `feed()` costs per delta.
+"""Chunker figures: throughput, what `feed()` costs per delta, how long the first
+chunk waits for its look-ahead, and which kinds of cut a long text gets.
 
 `run(quick)` returns the figures as a dict; `scripts/bench chunker` prints them.
-The text is generated from a fixed sentence bank with a fixed seed, so runs
-compare; it mixes plain sentences, abbreviations, numbers, quotes, long
+The throughput text is generated from a fixed sentence bank with a fixed seed,
+so runs compare; it mixes plain sentences, abbreviations, numbers, quotes, long
 clause chains, the odd run-on without punctuation and an emoji now and then.
+The look-ahead and cut figures use the texts in tests/data/ (our own: an
+English and a Portuguese corpus of about 3,000 words each, and a list of
+sentence starts that once fooled the first-chunk rule).
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ import random
 import statistics
 import sys
 import time
+from collections import Counter
+from pathlib import Path
 
 from .chunker import Chunker, split_text
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 
 SENTENCES = [
     "The otherworldly light spilled over the hills as the caravan moved on.",
@@ -89,6 +97,56 @@ def time_feed(parts: list[str]) -> dict[str, float]:
     }
 
 
+def sample_texts() -> list[tuple[str, str]]:
+    """(language, text): the sentence starts, then every paragraph of both corpora."""
+    out = []
+    for line in (DATA / "first_chunks.tsv").read_text(encoding="utf-8").splitlines():
+        language, text = line.split("\t", 1)
+        out.append((language, text))
+    for language in ("en", "pt"):
+        corpus = (DATA / f"corpus_{language}.txt").read_text(encoding="utf-8")
+        out += [(language, p.strip()) for p in corpus.split("\n\n") if p.strip()]
+    return out
+
+
+def first_chunk_wait(texts: list[tuple[str, str]], profile: str) -> dict:
+    """How many characters past its end the first chunk waited for, fed one character at a time.
+
+    ``lookahead``: first chunks that end at a mark, where the wait is the mark's
+    look-ahead (the space after a comma; the next word's first letter after a
+    period; the whole next word after an abbreviation). ``all``: every first
+    chunk, where a cut between words also waits for the window to fill.
+    Texts whose first chunk comes out only at the end of input are not counted.
+    """
+    marks, every = [], []
+    for language, text in texts:
+        chunker = Chunker(profile, language)
+        for fed, ch in enumerate(text, 1):
+            out = chunker.feed(ch)
+            if out:
+                every.append(fed - out[0].end)
+                if out[0].cut in ("sentence", "clause"):
+                    marks.append(fed - out[0].end)
+                break
+    return {"texts": len(texts), "lookahead": _spread(marks), "all": _spread(every)}
+
+
+def _spread(values: list[int]) -> dict:
+    return {"n": len(values), "mean_chars": round(statistics.fmean(values), 2), "max_chars": max(values)}
+
+
+def cut_kinds(profile: str) -> dict:
+    """How each chunk of each corpus (one stream per language) ended."""
+    out = {}
+    for language in ("en", "pt"):
+        text = (DATA / f"corpus_{language}.txt").read_text(encoding="utf-8")
+        chunks = split_text(text, profile, language)
+        kinds = Counter(c.cut for c in chunks[1:])
+        out[language] = {"chunks": len(chunks), "later": dict(sorted(kinds.items())),
+                         "between_words": kinds["word"] + kinds.get("phrase", 0)}
+    return out
+
+
 def run(quick: bool) -> dict:
     """Throughput figures for this machine (quick: smaller texts, one repeat)."""
     logging.getLogger("xtts_stream.chunker").setLevel(logging.ERROR)  # word-cut warnings are expected here
@@ -102,6 +160,17 @@ def run(quick: bool) -> dict:
             "chars_per_s": round(time_split(long_text, 1 if quick else 3)),
         },
         "feed": {mode: time_feed(deltas(stream_text, mode)) for mode in ("char", "word", "random")},
+        **corpus_figures(),
+    }
+
+
+def corpus_figures() -> dict:
+    if not (DATA / "first_chunks.tsv").is_file():  # an install without the tests
+        return {}
+    texts = sample_texts()
+    return {
+        "first_chunk_lookahead": {p: first_chunk_wait(texts, p) for p in ("fast", "cinematic")},
+        "cut_kinds": {p: cut_kinds(p) for p in ("fast", "cinematic")},
     }
 
 

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pipeline.chunker import Chunk, Chunker, check_spans, split_text
+from pipeline.chunker import Chunk, Chunker, base_language, check_spans, split_text
 from pipeline.settings import Profile
-from pipeline.text_rules import CLOSERS, CJK_CLAUSE_MARKS, CJK_SENTENCE_MARKS, is_cjk
+from pipeline.text_rules import CLOSERS, CJK_CLAUSE_MARKS, CJK_SENTENCE_MARKS, is_cjk, rules_for
 from tests.hypothesis_profiles import property_settings
 
 # Small sizes and limits so that short random texts reach every rule.
 SMALL = Profile(name="small", first_chunk_max_chars=5, chunk_target_chars=20, natural_pause_after_s=1000.0)
 PAUSING = Profile(name="pausing", first_chunk_max_chars=4, chunk_target_chars=12, chars_per_second=2.0,
                   natural_pause_after_s=3.0)
+# (profile, engine limits, engine speed): the last two size chunks for an engine that
+# synthesises each chunk whole, at 30 and 120 characters per second.
 CONFIGS = [
-    (SMALL, {"en": 24, "pt": 30, "zh": 16}),
-    (PAUSING, {"en": 40, "pt": 18, "zh": 20}),
-    ("fast", {"en": 60, "pt": 50, "zh": 30}),
-    ("fast", None),
+    (SMALL, {"en": 24, "pt": 30, "zh": 16}, None),
+    (PAUSING, {"en": 40, "pt": 18, "zh": 20}, None),
+    ("fast", {"en": 60, "pt": 50, "zh": 30}, None),
+    ("fast", None, None),
+    (SMALL, {"en": 40, "pt": 30, "zh": 16}, 30.0),
+    ("fast", {"en": 60, "pt": 50, "zh": 30}, 120.0),
 ]
+FEEDING_CONFIGS = CONFIGS[:3] + CONFIGS[4:]  # the emission tests replay every prefix: no unlimited config
 LANGUAGES = ["en", "pt", "zh", "de"]
 
 TOKENS = [
@@ -31,6 +37,10 @@ TOKENS = [
     "\u00ab", "\u00bb", "(", ")", "\u201c", "\u201d", "\u2014", "-", "\n", "\n\n", "\t", "\U0001f600",
     "\U0001f44d\U0001f3fd", "\u200d", "\u4f60\u597d", "\u3002", "\uff0c", "\u300d", "e\u0301", "\u00e7\u00e3o",
     "x" * 27, "supercalifragilistic", "A", "a", "The", "word", "Hello", "ol\u00e1", "\u0915\u093c",
+    # the first-chunk look-ahead: initials, abbreviations, list markers, number signs, "!" before lowercase,
+    # sentence starters, capitalised continuations and function words
+    "K.", "J.K.", "a.m.", "Inc.", "St.", "N\u00b0.", "n\u00ba.", "1.", "2.)", "\u2022", "iv.", "Yahoo!", "Then",
+    "Navy", "and", "that", "que", "e", "at\u00e9", "Depois", "O",
 ]
 SEPARATORS = ["", " ", " ", " ", "  ", "\n", " \u00a0"]
 
@@ -83,8 +93,8 @@ def deltas(draw, text: str) -> list[str]:
     return out
 
 
-def fed(parts: list[str], profile, language: str, limits) -> list[Chunk]:
-    chunker = Chunker(profile, language, char_limits=limits)
+def fed(parts: list[str], profile, language: str, limits, speed) -> list[Chunk]:
+    chunker = Chunker(profile, language, char_limits=limits, engine_chars_per_s=speed)
     out = []
     for part in parts:
         out += chunker.feed(part)
@@ -98,19 +108,19 @@ def limit_of(profile, language: str, limits) -> int:
 @PROPERTY_SETTINGS
 @given(data=st.data(), text=random_texts, config=st.sampled_from(CONFIGS), language=st.sampled_from(LANGUAGES))
 def test_any_split_into_deltas_gives_the_same_chunks(data, text, config, language) -> None:
-    profile, limits = config
+    profile, limits, speed = config
     parts = data.draw(deltas(text))
     assert "".join(parts) == text
-    assert fed(parts, profile, language, limits) == split_text(text, profile, language, limits)
+    assert fed(parts, profile, language, limits, speed) == split_text(text, profile, language, limits, speed)
 
 
 @PROPERTY_SETTINGS
 @given(text=random_texts, config=st.sampled_from(CONFIGS), language=st.sampled_from(LANGUAGES))
 @example(text=FOUND[5], config=CONFIGS[0], language="zh")
 def test_spans_cover_the_text_within_limits_and_never_split_a_word(text, config, language) -> None:
-    profile, limits = config
+    profile, limits, speed = config
     limit = limit_of(profile, language, limits)
-    chunks = split_text(text, profile, language, limits)
+    chunks = split_text(text, profile, language, limits, speed)
     # Disjoint, increasing, cleaned text within the limit, nothing speakable left out.
     check_spans(text, chunks, limit)
     for c in chunks:
@@ -147,21 +157,33 @@ CONTINUATIONS = ["", " ", ".", ",", "!", "\"", "a", "A", "1", "\u3002", " a", " 
                  "x" * 80]
 
 
+
+def continuations(text: str, language: str) -> list[str]:
+    """CONTINUATIONS, plus whatever turns the word being written into a function word or a sentence starter."""
+    rules = rules_for(base_language(language))
+    tail = re.search(r"[^\W\d_]+$", text)
+    if tail is None:
+        return CONTINUATIONS
+    word = tail.group().lower()
+    grown = {w[len(word):] for w in rules.function_words | rules.starters if w.startswith(word) and w != word}
+    return CONTINUATIONS + sorted(grown)
+
+
 @property_settings(150)
-@given(text=random_texts, cut=st.floats(0, 1), config=st.sampled_from(CONFIGS[:3]),
+@given(text=random_texts, cut=st.floats(0, 1), config=st.sampled_from(FEEDING_CONFIGS),
        language=st.sampled_from(LANGUAGES))
 @example(text=FOUND[0], cut=31.5 / 37, config=CONFIGS[0], language="en")
 @example(text=FOUND[2], cut=26.5 / 29, config=CONFIGS[0], language="en")
 def test_no_chunk_comes_out_before_its_end_is_certain(text, cut, config, language) -> None:
-    profile, limits = config
+    profile, limits, speed = config
     prefix = text[:int(len(text) * cut)]
-    emitted = Chunker(profile, language, char_limits=limits).feed(prefix)
-    for more in CONTINUATIONS:
-        assert split_text(prefix + more, profile, language, limits)[:len(emitted)] == emitted
+    emitted = Chunker(profile, language, char_limits=limits, engine_chars_per_s=speed).feed(prefix)
+    for more in continuations(prefix, language):
+        assert split_text(prefix + more, profile, language, limits, speed)[:len(emitted)] == emitted
 
 
 @property_settings(150)
-@given(text=random_texts, config=st.sampled_from(CONFIGS[:3]), language=st.sampled_from(LANGUAGES))
+@given(text=random_texts, config=st.sampled_from(FEEDING_CONFIGS), language=st.sampled_from(LANGUAGES))
 @example(text=FOUND[0], config=CONFIGS[0], language="en")
 @example(text=FOUND[1], config=CONFIGS[0], language="en")
 @example(text=FOUND[2], config=CONFIGS[0], language="en")
@@ -173,12 +195,13 @@ def test_no_chunk_comes_out_before_its_end_is_certain(text, cut, config, languag
 @example(text=FOUND[8], config=CONFIGS[0], language="en")
 def test_each_chunk_comes_out_as_soon_as_its_end_is_certain(text, config, language) -> None:
     """One character less than the chunker waited for, some continuation still changes the chunk."""
-    profile, limits = config
-    chunker = Chunker(profile, language, char_limits=limits)
+    profile, limits, speed = config
+    chunker = Chunker(profile, language, char_limits=limits, engine_chars_per_s=speed)
     for pos in range(1, len(text) + 1):
         for chunk in chunker.feed(text[pos - 1]):
             shorter = text[:pos - 1]
-            outcomes = [split_text(shorter + more, profile, language, limits) for more in CONTINUATIONS]
+            outcomes = [split_text(shorter + more, profile, language, limits, speed)
+                        for more in continuations(shorter, language)]
             changed = [len(o) <= chunk.index or o[chunk.index] != chunk for o in outcomes]
             assert any(changed), (shorter, chunk)
 
