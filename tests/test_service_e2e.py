@@ -165,3 +165,27 @@ def test_status_reports_worker_and_health(piper_service):
 def test_encode_of_a_client_request_is_what_the_service_reads(piper_service):
     reply = run(_raw(piper_service.endpoint, encode(p.Status(request="r1"))))
     assert isinstance(reply, p.StatusReply) and reply.request == "r1"
+
+
+RUN_ON = ("the old lighthouse keeper climbed the stairs one by one while the storm outside kept hammering "
+          "the windows and the lamp above him flickered in the dark and the boat that left the harbour before "
+          "dawn had not come back and nobody in the village had heard a word from the crew since the wind turned "
+          "and so we walked along the shore until we reached the old stone bridge and waited there quietly until "
+          "the tide went out again and the first gulls came back over the water")
+# A one- or two-word sentence, then one long run of words: nothing to cut at but words.
+SHORT_STARTS = [f"{start} {RUN_ON[0].upper()}{RUN_ON[1:]}." for start in ("Stop.", "Are you awake?", "Listen.", "No!")]
+
+
+def test_a_short_first_sentence_does_not_starve_playback(piper_service):
+    """Piper speaks a chunk whole: after "Stop." the next chunk must be small enough to be ready in time."""
+    async def go():
+        async with Client(piper_service.endpoint, timeout_s=60) as client:
+            # Unpaced: audio leaves as it is made, so the playback clock counts exactly the synthesis's
+            # lateness, and the test takes seconds rather than the audio's half minute each.
+            return [await collect(client.speak(text, overrides={"max_lead_s": 0})) for text in SHORT_STARTS]
+    for text, out in zip(SHORT_STARTS, run(go())):
+        assert out.error is None, out.error
+        m = out.metrics
+        print(f"\n{text[:20]!r}: chunks {m['chunks']}, played after {m['played_ttfa_ms']} ms, "
+              f"underruns {m['underruns']} ({m['underrun_ms']} ms)")
+        assert m["underruns"] == 0, m

@@ -31,6 +31,7 @@ log = logging.getLogger("xtts_stream.coordinator")
 CLIENT, WORKER, SINK, KILL = "client", "worker", "sink", "kill"
 TEXT_SLICE = 4096  # characters chunked per turn of the event loop: long text never stalls it
 MAX_REMEMBERED_CANCELS = 4096
+SPEED_MARGIN = 0.8  # the measured speed varies with the machine's load; plan for less
 
 
 class CoordinatorCore:
@@ -154,7 +155,8 @@ class CoordinatorCore:
         deliver, wav_path = delivery_for(msg, self.svc.wav_dir, self._wav_paths)
         voice = voice_for(msg, self.svc.voice, self.voices, self.svc.voices_dir)
         sid = f"{self._boot}.{next(self._sids)}"
-        chunker = Chunker(profile, language, stream=sid, char_limits=self.char_limits or None)
+        chunker = Chunker(profile, language, stream=sid, char_limits=self.char_limits or None,
+                          engine_chars_per_s=self._chunk_engine_speed())
         st = Stream(sid=sid, client=identity, client_stream=msg.stream, profile=profile, language=language,
                     voice=voice, deliver=deliver, wav_path=wav_path, chunker=chunker, sample_rate=self.sample_rate,
                     t_accept=now)
@@ -174,6 +176,16 @@ class CoordinatorCore:
                                                     deliver=f"wav:{wav_path}" if wav_path else deliver)))
         log.debug("stream %s opened for client %s stream %r (profile %s)", sid, identity.hex(), msg.stream, profile.name)
         return st
+
+    def _chunk_engine_speed(self) -> float | None:
+        """For an engine that speaks a chunk whole (Piper): the characters a second it can give this
+        stream, so the chunker keeps a short first chunk's successor small enough to be ready in time.
+        Measured by the workers, shared among the streams, with a margin; None for streaming engines."""
+        workers = [w for w in self.workers.workers.values() if not w.ready.streaming and w.chars_per_s > 0]
+        if not workers:
+            return None
+        speed = min(w.chars_per_s for w in workers) * len(workers)
+        return SPEED_MARGIN * speed / (len(self.streams) + 1)
 
     def _check_capacity(self, identity: bytes, msg: p.Speak | p.Open) -> None:
         svc = self.svc
