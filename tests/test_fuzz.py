@@ -33,7 +33,7 @@ SEED = 20261126
 MAX_MESSAGE_BYTES = 65536
 TEXT = "Hello there, my friend. The weather is fine today, and the sea is calm."
 DECODE_CODES = {"bad_frames", "unknown_kind", "bad_header", "bad_utf8", "bad_version", "missing_field",
-                "bad_type", "unknown_field", "bad_pcm", "bad_format"}
+                "bad_type", "unknown_field", "bad_pcm", "bad_format", "too_long"}
 CONFIG = f"""[service]
 max_message_bytes = {MAX_MESSAGE_BYTES}
 max_text_chars = 400
@@ -75,7 +75,7 @@ class ReplyCounter:
             self.kinds[msg.KIND.decode()] += 1
             if isinstance(msg, p.Error):
                 self.errors[msg.code] += 1
-                if msg.code in DECODE_CODES and not msg.stream:
+                if msg.code in DECODE_CODES:  # only the codec gives these (naming the stream when it can)
                     self.decode_errors[msg.code] += 1
                 if len(msg.message) < 10:
                     self.unclear.append(msg)
