@@ -52,6 +52,16 @@ class ServiceUnavailable(ServiceError):
 _END = object()
 
 
+async def within(awaitable: Any, timeout_s: float) -> Any:
+    """Await with a deadline (TimeoutError past it). Python 3.11's asyncio.wait_for can swallow a
+    cancellation that arrives as the awaited thing completes, leaving the caller's task unkillable;
+    asyncio.timeout does not."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(timeout_s):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, timeout_s)  # Python 3.10
+
+
 @dataclass(slots=True)
 class Block:
     """A fixed-size piece of a stream's audio (the profile's ``block_ms``; the last may be shorter)."""
@@ -244,8 +254,8 @@ class Client:
         self._ensure_reader()
         try:
             await self._send(p.Status(request=request), timeout)
-            return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+            return await within(fut, max(0.0, deadline - time.monotonic()))
+        except (asyncio.TimeoutError, TimeoutError):
             raise ServiceUnavailable("timeout", f"no status reply from {self.endpoint} within {timeout:.1f} s "
                                      "(is the service running and ready?)") from None
         finally:
@@ -291,16 +301,16 @@ class Client:
 
     async def _await_start(self, utt: Utterance, sending: asyncio.Future) -> None:
         try:
-            await asyncio.wait_for(sending, self.timeout_s)
-        except asyncio.TimeoutError:
+            await within(sending, self.timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
             self._streams.pop(utt.stream, None)
             utt.queue.put_nowait(self._send_timeout(self.timeout_s))
 
     async def _send(self, msg: p.Message, timeout_s: float | None = None) -> None:
         timeout = timeout_s or self.timeout_s
         try:
-            await asyncio.wait_for(self.sock.send_multipart(encode(msg), copy=False), timeout)
-        except asyncio.TimeoutError:
+            await within(self.sock.send_multipart(encode(msg), copy=False), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
             raise self._send_timeout(timeout) from None
 
     def _send_timeout(self, timeout: float) -> ServiceUnavailable:
@@ -332,8 +342,8 @@ class Client:
 
     async def _next(self, utt: Utterance):
         try:
-            return await asyncio.wait_for(utt.queue.get(), self.timeout_s)
-        except asyncio.TimeoutError:
+            return await within(utt.queue.get(), self.timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
             self._streams.pop(utt.stream, None)
             return ServiceUnavailable("timeout", f"no reply for stream '{utt.stream}' within {self.timeout_s:.0f} s")
 

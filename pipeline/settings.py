@@ -90,7 +90,7 @@ class ServiceSettings:
     max_streams_per_client: int = 32
     max_streams: int = 2048
     max_clients: int = 512
-    max_queued_messages_per_client: int = 1000
+    max_queued_messages_per_client: int = 256
     max_client_backlog_s: float = 30.0
     max_client_backlog_bytes: int = 4194304
     stream_idle_timeout_s: float = 120.0

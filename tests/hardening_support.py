@@ -11,7 +11,7 @@ import zmq
 import zmq.asyncio
 
 from pipeline import protocol as p
-from pipeline.client import Client
+from pipeline.client import Client, within
 from pipeline.codec import decode, encode
 from pipeline.service_process import ServiceProcess
 
@@ -70,7 +70,7 @@ class RawDealer:
         await self.sock.send_multipart(encode(msg) if isinstance(msg, p.Message) else msg, copy=False)
 
     async def recv(self, timeout_s: float = 30.0) -> p.Message:
-        return decode(await asyncio.wait_for(self.sock.recv_multipart(), timeout_s))
+        return decode(await within(self.sock.recv_multipart(), timeout_s))
 
     async def recv_until_done(self, stream: str, timeout_s: float = 60.0) -> list[p.Message]:
         """Every message up to and including the stream's ``done`` or error."""

@@ -48,9 +48,9 @@ def test_openai_sdk_streams_to_a_file_and_matches_the_zmq_path(piper_service, tm
     samples = len(data) // 2
     assert samples == spoken_samples(before, after), "the file holds exactly the audio the service made"
     zmq, _ = run(zmq_pcm(piper_service.endpoint, TEXT, profile="fast"))
-    # Piper draws random noise for its durations, so two runs of one text differ by a few
-    # percent whichever path they take (the tiny-XTTS test compares lengths exactly).
-    assert abs(samples - len(zmq) // 2) <= 0.05 * samples
+    # Piper draws random noise for its durations, so two runs of one text differ by up to
+    # ~6% whichever path they take (the tiny-XTTS test compares lengths exactly).
+    assert abs(samples - len(zmq) // 2) <= 0.10 * samples
 
 
 def test_sse_events_carry_all_the_audio_and_the_metrics(piper_service):

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from typing import Any
 
 import zmq
@@ -38,10 +39,11 @@ log = logging.getLogger("xtts_stream.coordinator")
 
 BATCH = 256  # messages read from one socket per round
 CLIENT_PATIENCE_S = 30.0  # a client that takes no reply for this long is given up
-CLIENT_RCVHWM = 64  # requests queued per client connection before ZeroMQ stops reading it
+CLIENT_RCVHWM = 16  # requests queued per client connection before ZeroMQ stops reading it
 SINK_HWM = 100_000
 WORKER_HWM = 100_000
 LAG_PROBE_S = 0.01
+SINK_PATIENCE_S = 2.0  # how long what goes to the sink waits for one to connect (it is starting or restarting)
 
 
 class CoordinatorShell:
@@ -70,6 +72,7 @@ class CoordinatorShell:
         self._inputs = [(self.clients, self._on_client), (self.workers, self._on_worker),
                         (self.sink_pull, self._on_sink), (self.ctl, self._on_ctl)]
         self._outboxes: dict[bytes, ClientOutbox] = {}
+        self._sink_waiting: deque[tuple[float, p.Message]] = deque()
         self._fd_clients: dict[int, set[bytes]] = {}
         self._client_fd: dict[bytes, int] = {}
         self._pidfds: dict[bytes, int] = {}
@@ -157,6 +160,7 @@ class CoordinatorShell:
             more |= count == BATCH
         self._read_monitor()
         self._flush()
+        self._drain_sink()
         self._drain_outboxes()
         self._arm_wake()
         if more or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for s, _ in self._inputs):
@@ -259,11 +263,26 @@ class CoordinatorShell:
             log.warning("could not send %s to worker %r: %s", type(msg).__name__, identity, exc.strerror)
 
     def _to_sink(self, msg: p.Message) -> None:
-        try:
-            self.sink_push.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:  # no sink connected (it is restarting): what depends on it fails now
-            if not isinstance(msg, p.SinkClose):
-                self.core.sink_unreachable(msg)
+        self._sink_waiting.append((time.monotonic(), msg))
+        self._drain_sink()
+
+    def _drain_sink(self) -> None:
+        """Send what waits for the sink, in order. A sink that is not connected (it is starting or being
+        restarted) gets SINK_PATIENCE_S to come; then what depends on it fails."""
+        while self._sink_waiting:
+            t, msg = self._sink_waiting[0]
+            try:
+                self.sink_push.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if time.monotonic() - t < SINK_PATIENCE_S:
+                    self._loop.call_later(0.02, self._schedule_service)
+                    return
+                waiting, self._sink_waiting = self._sink_waiting, deque()
+                for _, lost in waiting:
+                    if not isinstance(lost, p.SinkClose):
+                        self.core.sink_unreachable(lost)
+                return
+            self._sink_waiting.popleft()
 
     def _kill(self, pid: int) -> None:
         try:

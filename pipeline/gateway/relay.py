@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..client import ServiceError, Utterance
+from ..client import ServiceError, Utterance, within
 from ..protocol import Accepted, ChunkInfo
 
 log = logging.getLogger("xtts_stream.gateway")
@@ -77,8 +77,8 @@ class Relay:
 
     async def cancel(self) -> None:
         try:
-            await asyncio.wait_for(self.utt.cancel(), CANCEL_PATIENCE_S)
-        except (asyncio.TimeoutError, ServiceError):
+            await within(self.utt.cancel(), CANCEL_PATIENCE_S)
+        except (asyncio.TimeoutError, TimeoutError, ServiceError):
             log.warning("could not cancel stream %s at the service", self.utt.stream)
 
     async def _pull(self) -> None:
