@@ -35,7 +35,7 @@ log = logging.getLogger("xtts_stream.supervisor")
 
 # glibc raises its mmap threshold after a large free, after which big buffers come from the heap and
 # stay there; a fixed threshold hands every large message (a client's 1 MiB request) back to the OS.
-LEAN_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "1048576"}
+LEAN_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "1048576", "MALLOC_ARENA_MAX": "2"}
 
 
 @dataclass

@@ -179,13 +179,16 @@ def test_a_client_that_never_reads_and_sends_large_requests_stays_within_the_byt
         finally:
             dealer.close()
         await wait_for(service.endpoint, lambda s: s["streams"] == 0, 10)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
         rss.append(coordinator_rss_mb(service))
         return rss
     rss = run(go())
     print(f"\nnon-reading client with large requests: coordinator RSS {rss[0]} -> max {max(rss)} -> {rss[-1]} MB")
-    assert max(rss[1:-1]) - rss[0] < 64, "the per-connection budget (docs/architecture.md) holds"
-    assert rss[-1] - rss[0] < 16, "and what it held is given back"
+    # docs/architecture.md: one connection's budget is RCVHWM x max_message_bytes (16 MiB) + SNDHWM x the
+    # largest audio message (~9 MiB) + max_client_backlog_bytes (4 MiB). It once grew by 300 MB.
+    assert max(rss[1:-1]) - rss[0] < 32, "the per-connection byte budget holds"
+    # What stays is the allocator's (its heap after churning thousands of audio buffers): it was 64 MB.
+    assert rss[-1] - rss[0] < 24
 
 
 # -- the service-wide limit ---------------------------------------------------------------------
