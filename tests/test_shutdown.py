@@ -174,3 +174,24 @@ def test_a_short_grace_is_enough_for_a_worker_that_honours_sigterm(tmp_path):
         if not steps:
             sup.stop()
     assert steps["w0"] == "sigterm", steps
+
+
+def test_kill_9_of_serve_takes_every_process_with_it_and_the_next_serve_removes_its_run_dir():
+    svc = ServiceProcess("--engine", "null").start()  # with the HTTP gateway too
+    try:
+        tree = children_of(svc.proc.pid)
+        assert len(tree) >= 5, f"supervisor, coordinator, sink, worker and gateway expected: {tree}"
+        run_dir = run_dir_of(svc)
+        os.kill(svc.proc.pid, signal.SIGKILL)  # the supervisor alone: no chance to stop anything
+        killed = time.monotonic()
+        while [pid for pid in tree[1:] if alive(pid)] and time.monotonic() - killed < 10:
+            time.sleep(0.02)
+        gone_s = time.monotonic() - killed
+        assert not [pid for pid in tree[1:] if alive(pid)], "a child outlived its supervisor"
+        assert run_dir.is_dir(), "nobody was left to clean up"
+    finally:
+        svc.stop()
+    print(f"\nkill -9 of serve: every child gone {gone_s * 1000:.0f} ms later")
+    assert gone_s < 2.0
+    with ServiceProcess("--engine", "null", "--http", "off"):
+        assert not run_dir.exists(), "a new serve removes the run directory of one that was killed"
