@@ -34,7 +34,7 @@ from workers.sink_stream import SinkStream
 
 log = logging.getLogger("xtts_stream.sink")
 
-POLL_MS = 50
+POLL_MS = 250  # idle wake-ups: only playing speakers need a look between messages
 # Drain of already-queued input on a Shutdown message (SIGTERM skips it).
 SHUTDOWN_DRAIN_S = 0.5
 QUICK_SEND_TIMEOUT_S = 0.2

@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from ..protocol import Audio, Message
+from ..zmq_frames import send_frames
 
 MAX_CONTROL = 256  # non-audio replies held per client (one that only sends and never reads)
 
@@ -54,7 +55,7 @@ class ClientOutbox:
         while self.queue:
             frames, seconds, size, audio = self.queue[0]
             try:
-                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                send_frames(sock, frames)
             except zmq.Again:
                 return None if now - self.last_progress > self.patience_s else False
             except zmq.ZMQError:

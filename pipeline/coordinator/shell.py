@@ -32,6 +32,7 @@ from ..codec import DecodeError, decode, encode
 from ..runpaths import RunPaths, unlink_ipc
 from ..security import apply_server_security
 from ..settings import Settings
+from ..zmq_frames import readable, recv_frames, send_frames
 from .core import CLIENT, KILL, SINK, WORKER, CoordinatorCore
 from .outbox import ClientOutbox
 
@@ -42,7 +43,8 @@ CLIENT_PATIENCE_S = 30.0  # a client that takes no reply for this long is given 
 CLIENT_RCVHWM = 16  # requests queued per client connection before ZeroMQ stops reading it
 SINK_HWM = 100_000
 WORKER_HWM = 100_000
-LAG_PROBE_S = 0.01
+LAG_PROBE_S = 0.05  # wakes 20 times a second: a stall longer than this shows as lateness
+TICK_S = 0.01  # paced sends are batched into ticks at most this often
 SINK_PATIENCE_S = 2.0  # how long what goes to the sink waits for one to connect (it is starting or restarting)
 
 
@@ -69,8 +71,10 @@ class CoordinatorShell:
         self.ctl = self._socket(zmq.PULL)
         self.monitor: zmq.Socket | None = None
         self.exit_code = 0
-        self._inputs = [(self.clients, self._on_client), (self.workers, self._on_worker),
-                        (self.sink_pull, self._on_sink), (self.ctl, self._on_ctl)]
+        # (socket, handler, first frame received without a copy): clients' identity frames carry the
+        # connection's file descriptor; workers' PCM frames are handed on as they are.
+        self._inputs = [(self.clients, self._on_client, 0), (self.workers, self._on_worker, 3),
+                        (self.sink_pull, self._on_sink, 99), (self.ctl, self._on_ctl, 99)]
         self._outboxes: dict[bytes, ClientOutbox] = {}
         self._sink_waiting: deque[tuple[float, p.Message]] = deque()
         self._fd_clients: dict[int, set[bytes]] = {}
@@ -82,6 +86,7 @@ class CoordinatorShell:
         self._service_scheduled = False
         self._wake_handle: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None
+        self._last_tick = 0.0
         self._pumping = False
         self._auth = None
         self.lag_max_ms = 0.0
@@ -110,7 +115,7 @@ class CoordinatorShell:
         self.clients.bind(svc.client_endpoint)
         self._bound.append(svc.client_endpoint)
         log.info("listening for clients on %s", svc.client_endpoint)
-        for sock in [s for s, _ in self._inputs] + [self.monitor]:
+        for sock in [s for s, _, _ in self._inputs] + [self.monitor]:
             loop.add_reader(sock.getsockopt(zmq.FD), self._schedule_service)
         tasks = [asyncio.create_task(self._housekeeping()), asyncio.create_task(self._lag_probe())]
         self._schedule_service()
@@ -127,7 +132,7 @@ class CoordinatorShell:
     def _shutdown(self) -> None:
         self.core.shutdown()
         self._flush()
-        for fd in [s.getsockopt(zmq.FD) for s, _ in self._inputs] + [self.monitor.getsockopt(zmq.FD)]:
+        for fd in [s.getsockopt(zmq.FD) for s, _, _ in self._inputs] + [self.monitor.getsockopt(zmq.FD)]:
             self._loop.remove_reader(fd)
         for pidfd in self._pidfds.values():
             self._loop.remove_reader(pidfd)
@@ -151,10 +156,10 @@ class CoordinatorShell:
         """Read what has arrived on every socket, let the core decide, send what it decided."""
         self._service_scheduled = False
         more = False
-        for sock, handle in self._inputs:
+        for sock, handle, zero_copy_from in self._inputs:
             count = 0
-            while count < BATCH and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            while count < BATCH and readable(sock):
+                frames = recv_frames(sock, zero_copy_from)
                 count += 1
                 self._safely(handle, frames)
             more |= count == BATCH
@@ -163,7 +168,7 @@ class CoordinatorShell:
         self._drain_sink()
         self._drain_outboxes()
         self._arm_wake()
-        if more or any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for s, _ in self._inputs):
+        if more or any(readable(s) for s, _, _ in self._inputs):
             self._schedule_service()  # the rest next round: other callbacks run first
 
     def _safely(self, handle, frames) -> None:
@@ -186,7 +191,7 @@ class CoordinatorShell:
             self._start_pump()
 
     def _on_worker(self, frames: list) -> None:
-        identity = frames[0].bytes
+        identity = frames[0]
         self.core.worker_frames(identity, frames[1:], time.monotonic())
         if identity not in self._pidfds and identity in self.core.workers.workers:
             self._watch(identity, self.core.workers.workers[identity].ready.pid)
@@ -226,7 +231,7 @@ class CoordinatorShell:
         box = self._outboxes.get(identity)
         if box is None:
             try:
-                self.clients.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                send_frames(self.clients, frames)
                 return
             except zmq.Again:  # its ZeroMQ queue is full: later replies wait in order behind this one
                 svc = self.settings.service
@@ -258,7 +263,7 @@ class CoordinatorShell:
 
     def _to_worker(self, identity: bytes, msg: p.Message) -> None:
         try:
-            self.workers.send_multipart([identity, *encode(msg)], flags=zmq.NOBLOCK, copy=False)
+            send_frames(self.workers, [identity, *encode(msg)])
         except zmq.ZMQError as exc:  # its queue is full or it is gone: its death is noticed elsewhere
             log.warning("could not send %s to worker %r: %s", type(msg).__name__, identity, exc.strerror)
 
@@ -272,7 +277,7 @@ class CoordinatorShell:
         while self._sink_waiting:
             t, msg = self._sink_waiting[0]
             try:
-                self.sink_push.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
+                send_frames(self.sink_push, encode(msg))
             except zmq.Again:
                 if time.monotonic() - t < SINK_PATIENCE_S:
                     self._loop.call_later(0.02, self._schedule_service)
@@ -307,7 +312,7 @@ class CoordinatorShell:
         self._fd_clients.setdefault(fd, set()).add(identity)
 
     def _read_monitor(self) -> None:
-        while self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while readable(self.monitor):
             event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 for identity in self._fd_clients.pop(event["value"], set()):
@@ -348,18 +353,21 @@ class CoordinatorShell:
     # -- timers ----------------------------------------------------------------
 
     def _arm_wake(self) -> None:
-        """One timer for the earliest paced send."""
+        """One timer for the earliest paced send, at most one every TICK_S: each tick serves every stream
+        due by then (a send up to TICK_S late costs a listener nothing: it holds max_lead - refill)."""
         wake = self.core.next_wake()
         if wake is None or (self._wake_at is not None and self._wake_at <= wake):
             return
         if self._wake_handle is not None:
             self._wake_handle.cancel()
+        wake = max(wake, self._last_tick + TICK_S)
         self._wake_at = wake
         self._wake_handle = self._loop.call_later(max(0.0, wake - time.monotonic()), self._on_wake)
 
     def _on_wake(self) -> None:
         self._wake_handle = self._wake_at = None
-        self.core.tick(time.monotonic())
+        self._last_tick = time.monotonic()
+        self.core.tick(self._last_tick)
         self._flush()
         self._arm_wake()
 
@@ -403,7 +411,7 @@ class CoordinatorShell:
             lag = max(0.0, (time.monotonic() - t0 - LAG_PROBE_S) * 1000)
             self.lag_max_ms = max(self.lag_max_ms, lag)
             recent.append(lag)
-            if len(recent) >= 100:
+            if len(recent) >= 20:
                 self.lag_recent_ms = max(recent)
                 recent.clear()
 
