@@ -110,13 +110,13 @@ async def concurrent(endpoint: str, pids: dict[str, int], streams: int, text: st
 
 
 def run_datapath_bench(engine: str = "null", levels: list[int] | None = None, tiny: bool = False,
-                       budget_s: float = 240.0) -> dict[str, Any]:
+                       budget_s: float = 240.0, text: str = TEXT) -> dict[str, Any]:
     if levels is None:
         levels = [1, 8, 64] if tiny else [1, 8, 64, 128, 256, 512, 1024]
     config = Path(tempfile.mkdtemp(prefix="xtts-bench-")) / "datapath.toml"
     config.write_text("[service]\nmax_streams = 4096\nmax_clients = 1024\n"
                       f"max_streams_per_client = {STREAMS_PER_CLIENT}\nheartbeat_interval_s = 0.5\n")
-    out: dict[str, Any] = {"engine": engine, "text_chars": len(TEXT)}
+    out: dict[str, Any] = {"engine": engine, "text_chars": len(text)}
     with ServiceProcess("--engine", engine, "--config", str(config), "--http", "off") as svc:
         pids = service_pids(svc.proc.pid)
         out["single_stream"] = asyncio.run(single_stream_ttfa(svc.endpoint, 20 if tiny else 100))
@@ -125,6 +125,6 @@ def run_datapath_bench(engine: str = "null", levels: list[int] | None = None, ti
             if time.monotonic() - start > budget_s:
                 sweep.append({"streams": level, "skipped": "time budget"})
                 continue
-            sweep.append(asyncio.run(concurrent(svc.endpoint, pids, level, TEXT)))
+            sweep.append(asyncio.run(concurrent(svc.endpoint, pids, level, text)))
         out["concurrency"] = sweep
     return out
