@@ -191,7 +191,8 @@ def test_piper_llm_text_frames_become_one_stream_of_audio_frames(piper_service):
     assert h.tts.sample_rate == whole.sample_rate == 22050
     for context_id, metrics in h.done:
         # Piper draws random phoneme durations, so lengths differ run to run; the cuts do not.
-        assert metrics["chunks"] == whole.metrics["chunks"] == len(split_text(TEXT))
+        assert metrics["chunks"] == len(split_text(TEXT, engine_chars_per_s=metrics["chunk_budget_chars_per_s"]))
+        assert whole.metrics["chunks"] == len(split_text(TEXT, engine_chars_per_s=whole.metrics["chunk_budget_chars_per_s"]))
         check_turn(h.down.frames, context_id, metrics, 22050)
     check_ttfb(h)
 

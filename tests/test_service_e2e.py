@@ -26,7 +26,7 @@ def test_speak_returns_ordered_blocks_and_metrics(piper_service):
     out.assert_in_order()
     m = out.metrics
     assert m["engine"] == "piper" and out.sample_rate == 22050
-    assert m["chunks"] == len(split_text(TEXT)) >= 2
+    assert m["chunks"] == len(split_text(TEXT, engine_chars_per_s=m["chunk_budget_chars_per_s"])) >= 2
     assert m["seam_violations"] == 0
     assert m["blocks"] == len(out.blocks)
     block = 22050 * 25 // 1000
@@ -49,7 +49,7 @@ def test_streamed_deltas_give_the_same_chunks_as_whole_text(piper_service):
     out = run(go())
     assert out.error is None
     out.assert_in_order()
-    assert out.metrics["chunks"] == len(split_text(TEXT))
+    assert out.metrics["chunks"] == len(split_text(TEXT, engine_chars_per_s=out.metrics["chunk_budget_chars_per_s"]))
     assert out.metrics["seam_violations"] == 0
 
 
@@ -86,7 +86,7 @@ def test_eight_concurrent_clients_each_get_their_own_audio(piper_service):
     for text, out in zip(texts, outs):
         assert out.error is None, out.error
         out.assert_in_order()
-        assert out.metrics["chunks"] == len(split_text(text))
+        assert out.metrics["chunks"] == len(split_text(text, engine_chars_per_s=out.metrics["chunk_budget_chars_per_s"]))
         assert out.metrics["seam_violations"] == 0
     durations = [o.metrics["audio_s"] for o in outs]
     assert durations == sorted(durations), "longer texts must give longer audio: streams were mixed up"

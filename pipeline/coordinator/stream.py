@@ -234,6 +234,8 @@ class Stream:
             "epoch": self.epoch,
             "cancelled": self.cancelled,
             "stages_ms": self.stages_ms(),
+            # The engine speed the chunker sized chunks by (None: a streaming engine, no budget).
+            "chunk_budget_chars_per_s": self.chunker.engine_chars_per_s,
             **engine_info,
         }
         return out
