@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_args(sub.add_parser("serve", help="start the service (supervisor, coordinator, worker, sink)"))
     _say_args(sub.add_parser("say", help="speak a text through a running service"))
+    _worker_args(sub.add_parser("worker", help="run this host's workers for a coordinator on another host"))
     st = sub.add_parser("status", help="ask a running service how it is")
     st.add_argument("--endpoint", default=None)
     st.add_argument("--config", default=None)
@@ -58,6 +59,8 @@ def _serve_args(ap: argparse.ArgumentParser) -> None:
                     help="also serve Home Assistant's Wyoming protocol here, e.g. tcp://127.0.0.1:10200")
     ap.add_argument("--wyoming-allow-remote", action="store_true", default=None,
                     help="let --wyoming listen beyond loopback (Wyoming has no authentication)")
+    ap.add_argument("--worker-endpoint", default=None, metavar="ENDPOINT",
+                    help="let workers on other hosts join here, e.g. tcp://0.0.0.0:5556 (needs --keys beyond loopback)")
     ap.add_argument("--http", default=None, metavar="HOST:PORT|off",
                     help="the HTTP/WebSocket gateway's address (default 127.0.0.1:8000; port 0 = any free port)")
     ap.add_argument("--http-keys", default=None, metavar="FILE", help="API keys file: required beyond loopback")
@@ -72,7 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "xtts_path": args.xtts_path, "device": args.device, "dtype": args.dtype, "workers": args.workers,
                  "forced_tokens_per_char": args.forced_tokens_per_char, "curve_keys_dir": args.keys,
                  "wyoming_uri": args.wyoming, "wyoming_allow_remote": args.wyoming_allow_remote,
-                 "http_listen": "" if args.http == "off" else args.http, "http_api_keys_file": args.http_keys}
+                 "http_listen": "" if args.http == "off" else args.http, "http_api_keys_file": args.http_keys,
+                 "worker_endpoint": args.worker_endpoint}
     settings = settings.with_service(**{k: v for k, v in overrides.items() if v is not None})
     check_front_ends(settings)
     sup = Supervisor(settings, log_level=args.log_level)
@@ -86,6 +90,8 @@ def check_front_ends(settings) -> None:
     from .security import check_bind_allowed
     svc = settings.service
     check_bind_allowed(svc.client_endpoint, svc.curve_keys_dir)
+    if svc.worker_endpoint:
+        check_bind_allowed(svc.worker_endpoint, svc.curve_keys_dir)
     if svc.http_listen:
         from .gateway.auth import check_listen_allowed, parse_listen
         check_listen_allowed(parse_listen(svc.http_listen)[0], svc.http_api_keys_file)
@@ -93,6 +99,53 @@ def check_front_ends(settings) -> None:
         from .integrations.wyoming_cli import check_uri, require_wyoming
         check_uri(svc.wyoming_uri, svc.wyoming_allow_remote)
         require_wyoming()
+
+
+# -- worker (on another host) --------------------------------------------------
+
+def _worker_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--connect", required=True, metavar="ENDPOINT",
+                    help="the coordinator's worker endpoint, e.g. tcp://coordinator:5556")
+    ap.add_argument("--keys", default=None, help="CURVE keys directory: required beyond loopback")
+    ap.add_argument("--key-name", default="client-1", help="this worker's key pair in --keys (default client-1)")
+    ap.add_argument("--name", default=None, help="the worker's name (default: this host's name)")
+    ap.add_argument("--ready-file", default="", help="a file that exists while the worker is connected and serving")
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--engine", choices=("auto", "piper", "xtts", "null"), default=None)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--xtts-path", choices=("fast", "stock"), default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--log-level", default="INFO")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """This host's workers of a coordinator elsewhere, restarted when they die; SIGTERM drains them."""
+    import socket
+
+    from .process_plan import remote_worker_processes
+    from .security import is_local_endpoint
+    from .supervisor import Supervisor
+    logging.basicConfig(level=args.log_level, format="%(asctime)s worker-host %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.config)
+    overrides = {"engine": args.engine, "checkpoint": args.checkpoint, "xtts_path": args.xtts_path,
+                 "device": args.device, "dtype": args.dtype}
+    settings = settings.with_service(**{k: v for k, v in overrides.items() if v is not None})
+    if not args.keys and not is_local_endpoint(args.connect):
+        raise SettingsError(f"refusing to connect to {args.connect} without CURVE keys: a coordinator beyond "
+                            f"loopback admits only workers with a key pair (--keys DIR, from `xtts-stream keys`)")
+    if args.keys:
+        from .security import client_keys
+        client_keys(args.keys, args.key_name)  # a missing pair fails here, not in every restart
+    name = args.name or socket.gethostname().split(".")[0]
+
+    def plan(run):
+        return remote_worker_processes(settings.service, run, args.connect, args.keys or "", args.key_name, name,
+                                       args.ready_file)
+    sup = Supervisor(settings, log_level=args.log_level, plan=plan)
+    print(f"xtts-stream: worker {name} joining {args.connect} (run dir {sup.run.root})", flush=True)
+    sup.serve_forever()
+    return 0 if sup.healthy else 1
 
 
 # -- say -----------------------------------------------------------------------
@@ -236,7 +289,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "say": cmd_say, "status": cmd_status, "wyoming": cmd_wyoming,
+COMMANDS = {"serve": cmd_serve, "say": cmd_say, "worker": cmd_worker, "status": cmd_status, "wyoming": cmd_wyoming,
             "make-synthetic": cmd_make_synthetic, "keys": cmd_keys}
 
 if __name__ == "__main__":

@@ -186,6 +186,7 @@ class Ready(Message):
     capacity: int = 1  # jobs it advances at once (batch slots)
     streaming: bool = False  # pieces come while a chunk is synthesised (not all at its end)
     chars_per_s: float = 0.0  # text characters synthesised per second (measured), 0 = unknown
+    host: str = ""  # the worker's machine: its pid means something only there
 
 
 @dataclass
@@ -246,6 +247,7 @@ class Heartbeat(Message):
     load: int = 0  # jobs queued or running
     chars_per_s: float = 0.0  # the engine's measured speed, as in Ready
     gpu_memory_bytes: int = 0  # memory the engine holds on its device (0 on the CPU)
+    draining: bool = False  # finishing what it holds before it stops: send it nothing new
 
 
 @dataclass
@@ -261,6 +263,13 @@ class Hello(Message):
     """A (restarted) coordinator meets a worker it has no handshake from: send ``ready`` again."""
     KIND: ClassVar[bytes] = b"hello"
     coordinator_pid: int = 0
+
+
+@dataclass
+class Drain(Message):
+    """Stop taking new streams; let open ones finish for at most ``deadline_s``, then stop."""
+    KIND: ClassVar[bytes] = b"drain"
+    deadline_s: float = 30.0
 
 
 @dataclass
@@ -301,7 +310,7 @@ class SinkDone(Message):
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Speak, Open, Append, End, Cancel, Status,
     Accepted, Audio, ChunkInfo, Done, Error, StatusReply,
-    Ready, SynthChunk, CancelStream, AudioPiece, ChunkFailed, Heartbeat, Dead, Hello, Shutdown,
+    Ready, SynthChunk, CancelStream, AudioPiece, ChunkFailed, Heartbeat, Dead, Hello, Drain, Shutdown,
     SinkOpen, SinkClose, SinkDone,
 )
 BY_KIND: dict[bytes, type[Message]] = {m.KIND: m for m in ALL_MESSAGES}

@@ -46,15 +46,19 @@ def check_bind_allowed(endpoint: str, keys_dir: str) -> Path | None:
         f"run `xtts-stream keys DIR` and set service.curve_keys_dir = DIR (README: 'Serving beyond this machine')")
 
 
-def apply_server_security(sock: zmq.Socket, endpoint: str, keys_dir: str):
-    """Configure CURVE on ``sock`` when needed; returns the authenticator to keep alive (or None)."""
+def apply_server_security(sock: zmq.Socket, endpoint: str, keys_dir: str, auth=None):
+    """Configure CURVE on ``sock`` when needed; returns the authenticator to keep alive (or None).
+
+    One authenticator serves every socket of a context (ZeroMQ's ZAP handler is per context): pass
+    the one a first call returned when securing a second socket."""
     directory = check_bind_allowed(endpoint, keys_dir)
     if directory is None:
-        return None
-    from zmq.auth.asyncio import AsyncioAuthenticator
-    auth = AsyncioAuthenticator(sock.context)
-    auth.start()
-    auth.configure_curve(domain="*", location=str(directory / "clients"))
+        return auth
+    if auth is None:
+        from zmq.auth.asyncio import AsyncioAuthenticator
+        auth = AsyncioAuthenticator(sock.context)
+        auth.start()
+        auth.configure_curve(domain="*", location=str(directory / "clients"))
     public, secret = zmq.auth.load_certificate(str(directory / f"{SERVER}.key_secret"))
     sock.curve_server = True
     sock.curve_publickey, sock.curve_secretkey = public, secret

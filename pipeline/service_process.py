@@ -75,14 +75,15 @@ class ServiceProcess:
             return "(no log)"
 
     def stop(self, grace_s: float = 15.0) -> str:
-        """SIGTERM (the supervisor's own polite stop), then SIGKILL of the whole group."""
+        """SIGINT (the supervisor's stop without a drain: tests and benches end what they started),
+        then SIGKILL of the whole group."""
         if self.proc is None or self.proc.poll() is not None:
             self.stop_step = "already_exited"
         else:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=grace_s)
-                self.stop_step = "sigterm"
+                self.stop_step = "sigint"
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()

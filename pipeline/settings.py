@@ -77,6 +77,10 @@ class ServiceSettings:
     checkpoint: str = ""
     xtts_path: str = "fast"
     device: str = "auto"
+    # One worker per device: "auto" (`workers` workers on `device`), "all" (every GPU nvidia-smi lists),
+    # or a list such as ["cuda:0", "cuda:1"]; workers_per_device of each.
+    devices: str | list[str] = "auto"
+    workers_per_device: int = 1
     dtype: str = "auto"
     default_profile: str = "fast"
     language: str = "en"
@@ -107,6 +111,10 @@ class ServiceSettings:
     null_piece_ms: int = 250
     wyoming_uri: str = ""
     wyoming_allow_remote: bool = False
+    # Where workers on other hosts join ("" = none; tcp://0.0.0.0:5556 needs curve_keys_dir).
+    worker_endpoint: str = ""
+    # SIGTERM (or a drain request) stops new streams and lets open ones finish for this long.
+    drain_timeout_s: float = 30.0
     http_listen: str = "127.0.0.1:8000"
     http_api_keys_file: str = ""
 
@@ -204,6 +212,12 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
     if type_name == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise SettingsError(f"{where} must be an integer, got {_shown(value)}")
+        return value
+    if type_name == "str | list[str]":
+        if isinstance(value, list) and all(isinstance(v, str) and v for v in value) and value:
+            return list(value)
+        if not isinstance(value, str):
+            raise SettingsError(f"{where} must be a string or a list of strings, got {_shown(value)}")
         return value
     if type_name == "bool":
         if not isinstance(value, bool):

@@ -1,4 +1,4 @@
-"""The supervisor: starts the coordinator, the sink and the workers, keeps them running.
+"""The supervisor: starts the service's processes (or one host's workers) and keeps them running.
 
 A reconcile loop compares the processes that should run with those that do and
 restarts the difference, at most ``restart_limit`` times per process within
@@ -6,6 +6,11 @@ restarts the difference, at most ``restart_limit`` times per process within
 service unhealthy (through the coordinator's status). Stopping escalates:
 a polite Shutdown on the process's control socket, then SIGTERM, then SIGKILL,
 and the step that was needed is recorded.
+
+SIGTERM drains first (what an orchestrator's rolling update sends): the
+coordinator takes no new streams and the open ones have ``drain_timeout_s`` to
+finish; then everything stops in order. SIGINT (Ctrl-C) stops at once. Every
+child dies with the supervisor, even one killed with SIGKILL (`lifeline.py`).
 """
 
 from __future__ import annotations
@@ -15,12 +20,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import zmq
 
@@ -28,33 +31,18 @@ from . import protocol as p
 from .codec import encode
 from .gateway import ADDR_FILE, read_url
 from .lifeline import PARENT_ENV
+from .process_plan import Managed, service_processes
 from .runpaths import RUN_DIR_PREFIX, RunPaths, remove_stale_run_dirs, unlink_ipc
 from .settings import Settings
 
 log = logging.getLogger("xtts_stream.supervisor")
 
-# glibc raises its mmap threshold after a large free, after which big buffers come from the heap and
-# stay there; a fixed threshold hands every large message (a client's 1 MiB request) back to the OS.
-LEAN_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "1048576", "MALLOC_ARENA_MAX": "2"}
-
-
-@dataclass
-class Managed:
-    name: str
-    argv: list[str]
-    ctl: str
-    env: dict[str, str] | None = None
-    role: str = "worker"  # front (coordinator, gateway, wyoming), worker or sink: the stop order
-    proc: subprocess.Popen | None = None
-    starts: deque = field(default_factory=deque)
-    restarts: int = 0
-    given_up: bool = False
-    stop_step: str = ""
-
 
 class Supervisor:
     def __init__(self, settings: Settings, run_dir: Path | None = None, log_level: str = "INFO",
-                 worker_env: dict[str, str] | None = None, log_dir: Path | None = None):
+                 worker_env: dict[str, str] | None = None, log_dir: Path | None = None,
+                 plan: Callable[[RunPaths], list[Managed]] | None = None):
+        """``plan`` lists the processes for a run directory (default: the whole service)."""
         self.settings = settings
         self._own_run_dir = run_dir is None
         if self._own_run_dir:
@@ -64,32 +52,13 @@ class Supervisor:
         self.log_dir = log_dir
         self.ctx = zmq.Context()
         self.stop_requested = False
+        self.drain_requested = False
+        self._drain_until: float | None = None
         self._last_report = 0.0
         self._health_sock: zmq.Socket | None = None
-        py = sys.executable
-        svc = settings.service
-        self.processes = [
-            Managed("coordinator", [py, "-m", "pipeline.coordinator", "--run-dir", str(self.run.root)],
-                    self.run.ctl("coordinator"), env=LEAN_MALLOC, role="front"),
-            Managed("sink", [py, "-m", "workers.sink", "--in", self.run.sink_in, "--out", self.run.sink_out,
-                             "--ctl", self.run.ctl("sink")], self.run.ctl("sink"), role="sink"),
-        ] + [
-            Managed(f"w{i}", [py, "-m", "workers.worker", "--run-dir", str(self.run.root), "--name", f"w{i}"],
-                    self.run.ctl(f"w{i}"), env=worker_env)
-            for i in range(svc.workers)
-        ]
-        # Optional front ends: their failures make the service unhealthy, never stop it.
-        if svc.http_listen:
-            self.processes.append(Managed("gateway", [py, "-m", "pipeline.gateway", "--run-dir", str(self.run.root),
-                                                      "--listen", svc.http_listen], self.run.ctl("gateway"),
-                                          role="front"))
-        if svc.wyoming_uri:
-            self.processes.append(Managed("wyoming", [py, "-m", "pipeline.integrations.wyoming_cli", "--uri",
-                                                      svc.wyoming_uri, "--endpoint", svc.client_endpoint,
-                                                      "--ctl", self.run.ctl("wyoming")]
-                                          + (["--keys", svc.curve_keys_dir] if svc.curve_keys_dir else [])
-                                          + (["--allow-remote"] if svc.wyoming_allow_remote else []),
-                                          self.run.ctl("wyoming"), role="front"))
+        self.processes = plan(self.run) if plan is not None else \
+            service_processes(settings.service, self.run, worker_env)
+        self.coordinator = next((m for m in self.processes if m.name == "coordinator"), None)
         self.http_url = ""
 
     # -- running -------------------------------------------------------------
@@ -102,12 +71,14 @@ class Supervisor:
             self._spawn(m)
 
     def serve_forever(self, poll_s: float = 0.1) -> None:
-        """Run until SIGINT/SIGTERM, then stop everything in order."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
+        """Run until SIGINT (stop) or SIGTERM (drain, then stop); a second signal stops at once."""
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGTERM, self._on_drain_signal)
         try:
             self.start()
             while not self.stop_requested:
+                if self.drain_requested and self._drained():
+                    break
                 self.reconcile()
                 if any(m.given_up for m in self.processes if m.name in ("coordinator", "sink")):
                     log.critical("the %s cannot run: stopping the service",
@@ -116,6 +87,33 @@ class Supervisor:
                 time.sleep(poll_s)
         finally:
             self.stop()
+
+    def _on_stop_signal(self, *_) -> None:
+        self.stop_requested = True
+
+    def _on_drain_signal(self, *_) -> None:
+        if self.drain_requested or self.settings.service.drain_timeout_s <= 0:
+            self.stop_requested = True  # a second SIGTERM, or draining is off: stop now
+        self.drain_requested = True
+
+    def _drained(self) -> bool:
+        """Start a drain, or say whether it is over: the coordinator has exited (its streams done), or the
+        deadline (drain_timeout_s plus the stop grace) has passed. Without a coordinator (a host of
+        remote workers), the workers drain themselves on SIGTERM."""
+        now = time.monotonic()
+        svc = self.settings.service
+        if self._drain_until is None:
+            self._drain_until = now + svc.drain_timeout_s + svc.stop_grace_s
+            log.info("draining: no new streams; open ones have %.0f s", svc.drain_timeout_s)
+            if self.coordinator is not None:
+                self._tell(self.coordinator.ctl, p.Drain(deadline_s=svc.drain_timeout_s))
+            else:
+                for m in self.processes:
+                    if m.proc is not None and m.proc.poll() is None:
+                        m.proc.terminate()
+        watched = [self.coordinator] if self.coordinator is not None else self.processes
+        done = all(m.proc is None or m.proc.poll() is not None for m in watched)
+        return done or now > self._drain_until
 
     def reconcile(self) -> None:
         # Health goes to the coordinator on every change and once a second, so
@@ -127,9 +125,11 @@ class Supervisor:
             if m.given_up or m.proc is None or m.proc.poll() is None:
                 continue
             changed = True
+            if self.drain_requested and (m is self.coordinator or self.coordinator is None):
+                continue  # drained: it exits on purpose
             log.error("%s (pid %d) exited with code %s", m.name, m.proc.pid, m.proc.returncode)
             self._restart_or_give_up(m)
-        if changed:
+        if changed and self.coordinator is not None:
             self._report_health()
 
     def _restart_or_give_up(self, m: Managed) -> None:
@@ -172,7 +172,7 @@ class Supervisor:
             self._health_sock = self.ctx.socket(zmq.PUSH)
             self._health_sock.setsockopt(zmq.LINGER, 0)
             self._health_sock.setsockopt(zmq.SNDHWM, 4)
-            self._health_sock.connect(self.run.ctl("coordinator"))
+            self._health_sock.connect(self.coordinator.ctl)
         try:
             self._health_sock.send_multipart(encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:

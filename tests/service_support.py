@@ -21,9 +21,9 @@ class Spoken:
     def pcm(self) -> np.ndarray:
         return np.frombuffer(b"".join(bytes(b.pcm) for b in self.blocks), "<i2")
 
-    def assert_in_order(self) -> None:
-        offset = 0
-        for seq, block in enumerate(self.blocks):
+    def assert_in_order(self, start_seq: int = 0, start_offset: int = 0) -> None:
+        offset = start_offset
+        for seq, block in enumerate(self.blocks, start_seq):
             assert block.seq == seq
             assert block.sample_offset == offset
             offset += block.sample_count

@@ -204,7 +204,7 @@ def test_a_hung_worker_is_killed_by_housekeeping():
     core.housekeeping(1.0)
     assert core.take() == []
     core.housekeeping(2.5)
-    assert [a for d, a, _ in core.take() if d == KILL] == [1]
+    assert [a for d, a, _ in core.take() if d == KILL] == [(W, 1)]
     assert core.status(2.5)["workers"] == [] and not core.workers.workers
 
 
@@ -342,3 +342,61 @@ def test_a_paced_stream_sends_chunks_only_as_their_audio_comes_within_the_dispat
     core.client_message(C, p.Cancel(stream="s"), now)
     assert sent(core, CLIENT, p.Done)[0].metrics["cancelled"]
     assert core.next_wake() is None and not core.streams
+
+
+# -- several workers ---------------------------------------------------------------
+
+def ready(name: str, pid: int, capacity: int = 4) -> p.Ready:
+    return p.Ready(worker=name, engine="test", model="m", sample_rate=RATE, dtype="fp32", device=f"cuda:{pid}",
+                   pid=pid, char_limits={"en": 250}, capacity=capacity)
+
+
+def test_new_streams_go_to_the_worker_with_the_most_free_slots_and_stay_there():
+    core = core_with()
+    core.worker_message(b"w1-2", ready("w1", 2), 0.0)
+    core.worker_message(b"w2-3", ready("w2", 3, capacity=8), 0.0)
+    core.take()
+    owners = []
+    for i in range(8):
+        core.client_message(C, p.Speak(stream=f"s{i}", text=TEXT), 0.0)
+        owners.append({a for d, a, m in core.take() if d == WORKER and isinstance(m, p.SynthChunk)})
+    assert all(len(o) == 1 for o in owners), "a stream's chunks stay on one worker"
+    counts = {w: sum(o == {w} for o in owners) for w in (W, b"w1-2", b"w2-3")}
+    assert counts[b"w2-3"] > counts[W] and counts[W] > 0 and counts[b"w1-2"] > 0, counts
+    free = {w["name"]: w["free_slots"] for w in core.status(0.0)["workers"]}
+    assert free["w2"] == 8 - 2 * counts[b"w2-3"]
+
+
+def test_a_draining_worker_gets_nothing_new_and_its_streams_move_on():
+    core = core_with()
+    core.worker_message(b"w1-2", ready("w1", 2), 0.0)
+    core.take()
+    core.client_message(C, p.Open(stream="s"), 0.0)
+    core.client_message(C, p.Append(stream="s", text="Hello there, friend."), 0.0)
+    first = {a for d, a, m in core.take() if d == WORKER}
+    core.worker_message(first.pop(), p.Heartbeat(worker="x", draining=True), 0.1)
+    core.client_message(C, p.Append(stream="s", text=" And then the tide came in, slowly and surely."), 0.2)
+    core.client_message(C, p.End(stream="s"), 0.2)
+    later = {a for d, a, m in core.take() if d == WORKER and isinstance(m, p.SynthChunk)}
+    assert later and not (later & first)
+    assert [w["draining"] for w in core.status(0.3)["workers"]].count(True) == 1
+
+
+def test_draining_refuses_new_streams_and_ends_once_the_open_ones_are_done():
+    core = core_with()
+    core.client_message(C, p.Speak(stream="s", text="Hi there.", overrides={"max_lead_s": 0}), 0.0)
+    chunks = sent(core, WORKER, p.SynthChunk)
+    core.drain(30.0, 1.0)
+    core.client_message(C, p.Speak(stream="t", text="Hi."), 1.0)
+    error = sent(core, CLIENT, p.Error)[0]
+    assert (error.code, error.stream) == ("shutting_down", "t") and "draining" in error.message
+    assert core.status(1.0)["draining"] and not core.drained(1.5)
+    speak_all(core, chunks, 0.5, 2.0)
+    assert core.drained(2.0), "the last open stream is done"
+
+
+def test_a_drain_ends_at_its_deadline_whatever_is_still_open():
+    core = core_with()
+    core.client_message(C, p.Open(stream="slow"), 0.0)
+    core.drain(30.0, 1.0)
+    assert not core.drained(30.9) and core.drained(31.0)

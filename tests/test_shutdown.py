@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -120,8 +121,10 @@ def stop_steps(log: str) -> dict[str, str]:
     (signal.SIGINT, False),
     (signal.SIGINT, True),  # Ctrl-C in a terminal: the whole process group gets it at once
 ], ids=["sigterm", "sigint", "ctrl-c-group"])
-def test_signal_stops_the_service_in_order(sig, group):
-    svc = ServiceProcess("--engine", "piper").start()
+def test_signal_stops_the_service_in_order(sig, group, tmp_path):
+    config = tmp_path / "service.toml"  # SIGTERM drains first: a minute of text outlasts a 1 s drain
+    config.write_text("[service]\ndrain_timeout_s = 1.0\n")
+    svc = ServiceProcess("--engine", "piper", "--config", str(config)).start()
     try:
         tree = children_of(svc.proc.pid)
         assert len(tree) >= 4, f"supervisor, coordinator, sink and a worker expected: {tree}"
@@ -145,6 +148,55 @@ def test_signal_stops_the_service_in_order(sig, group):
     # A worker busy with a long chunk on a loaded machine may need SIGTERM; the
     # coordinator, which only moves messages, never should.
     assert steps["coordinator"] in ("request", "already_exited"), steps
+
+
+def test_sigterm_drains_open_streams_refuses_new_ones_then_stops(tmp_path):
+    config = tmp_path / "service.toml"
+    config.write_text("[service]\ndrain_timeout_s = 30.0\n")
+    svc = ServiceProcess("--engine", "piper", "--config", str(config)).start()
+    text = "Hello there, my friend. The weather is fine today, and the sea is calm."
+
+    async def go():
+        async with Client(svc.endpoint, timeout_s=30) as client:
+            utt = client.speak(text)  # paced: it lasts about as long as its audio, some seconds
+            first = await anext(aiter(utt))
+            os.kill(svc.proc.pid, signal.SIGTERM)
+            state = {}
+            for _ in range(100):  # the coordinator hears of the drain within a poll of the supervisor
+                state = (await client.status(5)).state
+                if state.get("draining"):
+                    break
+                await asyncio.sleep(0.05)
+            refused = await collect(client.speak("Anyone else?"))
+            with _get(svc.http_url + "/ready") as ready:
+                pass
+            rest = await collect(utt)
+            return first, state, refused, ready, rest
+    t0 = time.monotonic()
+    try:
+        first, state, refused, ready, rest = asyncio.run(go())
+        code = svc.proc.wait(timeout=30)
+    finally:
+        svc.stop()
+    assert state["draining"] is True
+    assert refused.error is not None and refused.error.code == "shutting_down" and "draining" in refused.error.message
+    assert ready == (503, True), "the gateway says it is not ready while the service drains"
+    assert rest.error is None and rest.metrics["cancelled"] is False, "the open stream was finished"
+    assert rest.metrics["audio_s"] > 2.0 and first.sample_offset == 0
+    assert code == 0 and time.monotonic() - t0 < 25, "it stopped once the stream was done, not at the deadline"
+
+
+def _get(url: str):
+    """(status, draining) of a GET, whatever the status."""
+    import contextlib
+    import json
+    import urllib.error
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body, status = r.read(), r.status
+    except urllib.error.HTTPError as exc:
+        body, status = exc.read(), exc.code
+    return contextlib.nullcontext((status, json.loads(body).get("draining")))
 
 
 def test_ctrl_c_stops_the_worker_without_a_traceback():

@@ -1,11 +1,18 @@
 """The GPU worker process: IO thread <-> queues <-> synthesis loop.
 
-The synthesis loop (main thread) never touches a socket: one IO thread owns the
-DEALER to the coordinator and the control socket, decodes what arrives onto the
-inbound queue, and sends what the loop puts on an inproc pipe. Control messages
-(cancel, shutdown) are applied before new work, so a barge-in takes effect at
-the next step. Heartbeats come from the synthesis loop itself: a loop stuck in
-the engine stops beating and is declared hung.
+    python -m workers.worker --run-dir DIR --name w0 [--device cuda:1]
+        [--connect tcp://HOST:5556 --keys DIR [--key-name client-1]] [--ready-file PATH]
+
+The synthesis loop (main thread) never touches a socket: the IO thread
+(`worker_io.py`) owns the DEALER to the coordinator and the control socket.
+Control messages (cancel, shutdown) are applied before new work, so a barge-in
+takes effect at the next step. Heartbeats come from the synthesis loop itself:
+a loop stuck in the engine stops beating and is declared hung. SIGTERM drains:
+the worker tells the coordinator (which sends it nothing new), finishes what it
+holds (at most `drain_timeout_s`), then exits.
+
+A worker of `serve` reaches its coordinator through the run directory; one on
+another host (`xtts-stream worker --connect`) over TCP with CURVE keys.
 """
 
 from __future__ import annotations
@@ -15,89 +22,38 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
 import zmq
 
 from pipeline import protocol as p
-from pipeline.codec import DecodeError, decode, encode
 from pipeline.lifeline import die_with_parent
-from pipeline.runpaths import RunPaths, unlink_ipc
+from pipeline.runpaths import RunPaths
 
 from .engines.base import Engine, JobFailed, PieceOut, SynthJob
 from .faults import Faults
+from .worker_io import Link, WorkerIO
 
 log = logging.getLogger("xtts_stream.worker")
 
 MAX_CANCEL_MARKS = 10_000  # streams whose cancel watermark is remembered (oldest forgotten first)
 
 
-class WorkerIO(threading.Thread):
-    """Moves frames between sockets and the synthesis loop's queues."""
-
-    def __init__(self, ctx: zmq.Context, identity: bytes, endpoint: str, ctl_endpoint: str, inbound: queue.Queue):
-        super().__init__(name="worker-io", daemon=True)
-        self.inbound = inbound
-        self.ctl_endpoint = ctl_endpoint
-        self.dealer = ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.IDENTITY, identity)
-        self.dealer.setsockopt(zmq.LINGER, 2000)
-        self.dealer.connect(endpoint)
-        self.ctl = ctx.socket(zmq.PULL)
-        self.ctl.setsockopt(zmq.LINGER, 0)
-        self.ctl.bind(ctl_endpoint)
-        self.pipe_in = ctx.socket(zmq.PULL)
-        self.pipe_in.bind(f"inproc://out-{id(self)}")
-        self.pipe_out = ctx.socket(zmq.PUSH)  # used by the synthesis thread only
-        self.pipe_out.connect(f"inproc://out-{id(self)}")
-        self.stopped = threading.Event()
-
-    def send(self, msg: p.Message) -> None:
-        """Called from the synthesis thread."""
-        self.pipe_out.send_multipart(encode(msg), copy=False)
-
-    def run(self) -> None:
-        poller = zmq.Poller()
-        for sock in (self.dealer, self.ctl, self.pipe_in):
-            poller.register(sock, zmq.POLLIN)
-        while not self.stopped.is_set():
-            for sock, _ in poller.poll(100):
-                frames = sock.recv_multipart(copy=False)
-                if sock is self.pipe_in:
-                    self.dealer.send_multipart(frames, copy=False)
-                    continue
-                try:
-                    self.inbound.put(decode(frames))
-                except DecodeError as exc:
-                    log.error("undecodable message on %s: %s", "control" if sock is self.ctl else "dealer", exc)
-
-    def flush_and_close(self) -> None:
-        """Send what the loop queued, then close; called after the loop has stopped."""
-        self.stopped.set()
-        self.join(timeout=2)
-        while self.pipe_in.poll(0):
-            self.dealer.send_multipart(self.pipe_in.recv_multipart(copy=False), copy=False)
-        # Last words (a DEAD notice, final pieces) get a moment to leave; a
-        # coordinator that is already gone must not hold the exit for long.
-        self.dealer.setsockopt(zmq.LINGER, 200)
-        for sock in (self.pipe_out, self.pipe_in, self.ctl, self.dealer):
-            sock.close()
-        unlink_ipc(self.ctl_endpoint)
-
-
 class SynthesisLoop:
     def __init__(self, engine: Engine, io: WorkerIO, name: str, heartbeat_s: float, faults: Faults,
-                 ready: p.Ready):
+                 ready: p.Ready, ready_file: str = ""):
         self.engine = engine
         self.ready = ready
         self.io = io
         self.name = name
         self.heartbeat_s = heartbeat_s
         self.faults = faults
+        self.ready_file = Path(ready_file) if ready_file else None
         self.stop_requested = False
+        self.drain_until: float | None = None
         self.chunks_seen = 0
         self._last_beat = 0.0
         self._sent: dict[tuple, list[p.AudioPiece]] = {}
@@ -107,9 +63,19 @@ class SynthesisLoop:
         self.chars_per_s = engine.info.chars_per_s
         self._idle_for = 0.0  # an engine that paces itself has nothing before this many seconds
 
+    def drain(self, deadline_s: float) -> None:
+        """Finish what is held (at most ``deadline_s``), then stop; the coordinator sends nothing new."""
+        if self.drain_until is None:
+            log.info("draining: finishing what this worker holds (at most %.0f s)", deadline_s)
+            self.drain_until = time.monotonic() + deadline_s
+            self._last_beat = 0.0  # tell the coordinator now
+
     def run(self) -> None:
         while not self.stop_requested:
             self._take_messages(wait=self._wait_s())
+            if self.drain_until is not None and (not self.engine.has_work() or time.monotonic() > self.drain_until):
+                log.info("drained")
+                self.stop_requested = True
             if self.stop_requested:
                 break
             if self.engine.has_work():
@@ -241,7 +207,18 @@ class SynthesisLoop:
             self._last_beat = now
             memory = getattr(self.engine, "memory_bytes", None)
             self.io.send(p.Heartbeat(worker=self.name, load=len(self._jobs), chars_per_s=round(self.chars_per_s, 3),
-                                     gpu_memory_bytes=memory() if memory is not None else 0))
+                                     gpu_memory_bytes=memory() if memory is not None else 0,
+                                     draining=self.drain_until is not None))
+        if self.ready_file is not None:
+            self._mark_ready()
+
+    def _mark_ready(self) -> None:
+        """The ready file exists while the worker is warmed up and connected (a container's probe reads it)."""
+        connected = self.io.connected.is_set()
+        if connected and not self.ready_file.exists():
+            self.ready_file.touch()
+        elif not connected and self.ready_file.exists():
+            self.ready_file.unlink()
 
 
 def _stage_ms(job: SynthJob, now: float) -> tuple[float, float]:
@@ -250,17 +227,21 @@ def _stage_ms(job: SynthJob, now: float) -> tuple[float, float]:
     return round((started - job.t_received) * 1000, 3), round((now - started) * 1000, 3)
 
 
-def serve(run: RunPaths, name: str) -> int:
+def serve(run: RunPaths, name: str, link: Link | None = None, device: str = "", ready_file: str = "") -> int:
     # Ctrl-C reaches the whole process group; the supervisor stops workers in
     # order, so the worker itself leaves SIGINT to it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = run.read_settings()
+    if device:
+        settings = settings.with_service(device=device)
     faults = Faults.from_env()
     if faults.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ctx = zmq.Context()
-    identity = f"{name}-{os.getpid()}".encode()
-    io = WorkerIO(ctx, identity, run.workers, run.ctl(name), queue.Queue())
+    host = socket.gethostname()
+    remote = link is not None
+    identity = (f"{name}@{host}-{os.getpid()}" if remote else f"{name}-{os.getpid()}").encode()
+    io = WorkerIO(ctx, identity, link or Link(run.workers), run.ctl(name), queue.Queue())
     io.start()
     try:
         engine = _start_engine(settings, faults)
@@ -274,11 +255,11 @@ def serve(run: RunPaths, name: str) -> int:
     ready = p.Ready(worker=name, engine=info.engine, model=info.model, sample_rate=info.sample_rate,
                     dtype=info.dtype, device=info.device, pid=os.getpid(), char_limits=dict(info.char_limits),
                     voices=list(info.voices)[:1000], capacity=info.capacity, streaming=info.streaming,
-                    chars_per_s=round(info.chars_per_s, 3))
+                    chars_per_s=round(info.chars_per_s, 3), host=host)
     io.send(ready)
-    loop = SynthesisLoop(engine, io, name, settings.service.heartbeat_interval_s, faults, ready)
+    loop = SynthesisLoop(engine, io, name, settings.service.heartbeat_interval_s, faults, ready, ready_file)
     if not faults.ignore_sigterm:
-        signal.signal(signal.SIGTERM, lambda *_: setattr(loop, "stop_requested", True))
+        signal.signal(signal.SIGTERM, lambda *_: loop.drain(settings.service.drain_timeout_s))
     code = 0
     try:
         loop.run()
@@ -286,6 +267,8 @@ def serve(run: RunPaths, name: str) -> int:
         log.exception("synthesis loop failed")
         io.send(p.Dead(worker=name, reason=f"{type(exc).__name__}: {exc}"))
         code = 1
+    if ready_file:
+        Path(ready_file).unlink(missing_ok=True)
     engine.close()
     io.flush_and_close()
     ctx.term()
@@ -312,11 +295,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.worker")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--name", default="w0")
+    parser.add_argument("--device", default="", help="the device this worker's engine runs on (overrides `device`)")
+    parser.add_argument("--connect", default="", help="a coordinator's worker endpoint on another host")
+    parser.add_argument("--keys", default="", help="CURVE keys directory (from `xtts-stream keys`)")
+    parser.add_argument("--key-name", default="client-1", help="this worker's key pair in --keys")
+    parser.add_argument("--ready-file", default="", help="a file that exists while the worker serves")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format=f"%(asctime)s worker[{args.name}] %(levelname)s %(name)s: %(message)s")
-    return serve(RunPaths(args.run_dir), args.name)
+    link = None
+    if args.connect:
+        from pipeline.security import client_keys
+        link = Link(args.connect, client_keys(args.keys, args.key_name) if args.keys else None)
+    return serve(RunPaths(args.run_dir), args.name, link, args.device, args.ready_file)
 
 
 if __name__ == "__main__":

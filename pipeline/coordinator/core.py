@@ -53,6 +53,8 @@ class CoordinatorCore:
         self.counters: Counter[str] = Counter()  # events for status (clients gone, audio dropped, ...)
         self.metrics = ServiceMetrics()  # histograms and counters for monitoring (the gateway's /metrics)
         self.stopping = False
+        self.draining = False
+        self.drain_deadline = 0.0
         self._boot = boot_id
         self._sids = itertools.count(1)
         self._wakes: list[tuple[float, int, str]] = []
@@ -191,6 +193,10 @@ class CoordinatorCore:
         svc = self.svc
         if self.stopping:
             raise Refused("shutting_down", "the service is shutting down", msg.stream)
+        if self.draining:
+            raise Refused("shutting_down", "the service is draining (a restart or an update): it finishes the "
+                          "streams it has and takes no new ones; connect to another instance, or retry shortly",
+                          msg.stream)
         if not self.serving:
             raise Refused("starting", "the service is starting: no worker is ready yet; retry shortly "
                           "(status shows serving: true once it is)", msg.stream)
@@ -271,7 +277,8 @@ class CoordinatorCore:
 
     def _send_chunk(self, st: Stream, chunk: p.SynthChunk, now: float) -> None:
         worker = self.workers.workers.get(st.worker) if st.worker else None
-        worker = worker or self.workers.pick()
+        if worker is None or worker.draining:  # a stream stays on its worker unless that one leaves
+            worker = self.workers.pick()
         if worker is None:
             self.backlog.append((now, chunk))
             return
@@ -331,7 +338,7 @@ class CoordinatorCore:
         """Hand a dead worker's chunks to another, unless one was partly heard (no seam can be proven)."""
         if not self.workers.remove(worker, reason, time.time()):
             return
-        self.out.append((KILL, worker.ready.pid, p.Shutdown(reason=reason)))
+        self.out.append((KILL, (worker.identity, worker.ready.pid), p.Shutdown(reason=reason)))
         for (sid, epoch, index), chunk in sorted(worker.inflight.items(), key=lambda kv: kv[1].priority):
             st = self.streams.get(sid)
             if st is None or st.epoch != epoch or not st.live:
@@ -343,6 +350,11 @@ class CoordinatorCore:
                 self.fail(st, "worker_died", f"worker {worker.name} died ({reason}) while chunk {index} "
                           f"was partly delivered; the stream cannot continue without a seam")
         worker.inflight.clear()
+
+    def worker_lost(self, identity: bytes, reason: str, now: float) -> None:
+        worker = self.workers.workers.get(identity)
+        if worker is not None:
+            self.worker_dead(worker, reason, now)
 
     def worker_exited(self, identity: bytes, pid: int, now: float) -> None:
         worker = self.workers.workers.get(identity)
@@ -431,6 +443,8 @@ class CoordinatorCore:
 
     def _done(self, st: Stream, now: float, extra: dict[str, Any]) -> None:
         metrics = {**extra, **st.metrics(self.engine_info, now)}
+        worker = self.workers.workers.get(st.worker) if st.worker else None
+        metrics["worker"] = worker.name if worker is not None else None  # the one that spoke its last chunk
         self.metrics.observe_done(metrics)
         self.reply(st.client, p.Done(stream=st.client_stream, metrics=metrics))
         self._forget(st)
@@ -542,6 +556,16 @@ class CoordinatorCore:
                           "cannot be completed, send it again")
         self._sink_pid = pid
 
+    def drain(self, deadline_s: float, now: float) -> None:
+        """Take no new streams; the open ones have until the deadline (then `drained` says stop)."""
+        if not self.draining:
+            log.info("draining: %d open stream(s), at most %.0f s", len(self.streams), deadline_s)
+            self.draining = True
+            self.drain_deadline = now + deadline_s
+
+    def drained(self, now: float) -> bool:
+        return self.draining and (not self.streams or now >= self.drain_deadline)
+
     def shutdown(self) -> None:
         self.stopping = True
         for st in list(self.streams.values()):
@@ -550,6 +574,7 @@ class CoordinatorCore:
     def status(self, now: float) -> dict[str, Any]:
         return {
             "serving": self.serving,
+            "draining": self.draining,
             "streams": len(self.streams),
             "clients": len(self.per_client),
             "text_waiting": len(self.unchunked),

@@ -25,7 +25,6 @@ from collections import deque
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from .. import protocol as p
 from ..codec import DecodeError, decode, encode
@@ -33,6 +32,7 @@ from ..runpaths import RunPaths, unlink_ipc
 from ..security import apply_server_security
 from ..settings import Settings
 from ..zmq_frames import readable, recv_frames, send_frames
+from .connections import Connections
 from .core import CLIENT, KILL, SINK, WORKER, CoordinatorCore
 from .outbox import ClientOutbox
 
@@ -65,20 +65,29 @@ class CoordinatorShell:
         self.clients.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         self.workers = self._socket(zmq.ROUTER)
         self.workers.setsockopt(zmq.SNDHWM, WORKER_HWM)
+        # Workers on other hosts join on their own socket (TCP, CURVE): the local ones need no keys.
+        self.remote_workers = self._socket(zmq.ROUTER) if svc.worker_endpoint else None
+        if self.remote_workers is not None:
+            self.remote_workers.setsockopt(zmq.SNDHWM, WORKER_HWM)
+            self.remote_workers.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            self.remote_workers.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         self.sink_push = self._socket(zmq.PUSH)
         self.sink_push.setsockopt(zmq.SNDHWM, SINK_HWM)
         self.sink_pull = self._socket(zmq.PULL)
         self.ctl = self._socket(zmq.PULL)
-        self.monitor: zmq.Socket | None = None
+        self.client_conns: Connections | None = None
+        self.worker_conns: Connections | None = None
+        self.worker_endpoint = ""
         self.exit_code = 0
         # (socket, handler, first frame received without a copy): clients' identity frames carry the
         # connection's file descriptor; workers' PCM frames are handed on as they are.
-        self._inputs = [(self.clients, self._on_client, 0), (self.workers, self._on_worker, 3),
+        self._inputs = [(self.clients, self._on_client, 0), (self.workers, self._on_local_worker, 3),
                         (self.sink_pull, self._on_sink, 99), (self.ctl, self._on_ctl, 99)]
+        if self.remote_workers is not None:
+            self._inputs.append((self.remote_workers, self._on_remote_worker, 0))
+        self._worker_sock: dict[bytes, zmq.Socket] = {}  # the socket each worker came on
         self._outboxes: dict[bytes, ClientOutbox] = {}
         self._sink_waiting: deque[tuple[float, p.Message]] = deque()
-        self._fd_clients: dict[int, set[bytes]] = {}
-        self._client_fd: dict[bytes, int] = {}
         self._pidfds: dict[bytes, int] = {}
         self._bound: list[str] = []
         self._stop: asyncio.Event | None = None
@@ -112,11 +121,18 @@ class CoordinatorShell:
             loop.add_signal_handler(sig, self._stop.set)
         svc = self.settings.service
         self._auth = apply_server_security(self.clients, svc.client_endpoint, svc.curve_keys_dir)
-        self.monitor = self.clients.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.client_conns = Connections(self.clients, self._client_gone, "client")
         self.clients.bind(svc.client_endpoint)
         self._bound.append(svc.client_endpoint)
         log.info("listening for clients on %s", svc.client_endpoint)
-        for sock in [s for s, _, _ in self._inputs] + [self.monitor]:
+        if self.remote_workers is not None:
+            self._auth = apply_server_security(self.remote_workers, svc.worker_endpoint, svc.curve_keys_dir,
+                                               self._auth)
+            self.worker_conns = Connections(self.remote_workers, self._remote_worker_gone, "worker")
+            self.remote_workers.bind(svc.worker_endpoint)
+            self.worker_endpoint = self.remote_workers.getsockopt(zmq.LAST_ENDPOINT).decode()
+            log.info("workers on other hosts join on %s", self.worker_endpoint)
+        for sock in self._watched():
             loop.add_reader(sock.getsockopt(zmq.FD), self._schedule_service)
         tasks = [asyncio.create_task(self._housekeeping())]
         self._schedule_service()
@@ -133,18 +149,23 @@ class CoordinatorShell:
     def _shutdown(self) -> None:
         self.core.shutdown()
         self._flush()
-        for fd in [s.getsockopt(zmq.FD) for s, _, _ in self._inputs] + [self.monitor.getsockopt(zmq.FD)]:
-            self._loop.remove_reader(fd)
+        for sock in self._watched():
+            self._loop.remove_reader(sock.getsockopt(zmq.FD))
         for pidfd in self._pidfds.values():
             self._loop.remove_reader(pidfd)
             os.close(pidfd)
-        self.clients.disable_monitor()
-        self.monitor.close()
+        for conns in (self.client_conns, self.worker_conns):
+            if conns is not None:
+                conns.close()
         self.clients.close(linger=500)  # the shutting_down errors just queued must reach their clients
         self.ctx.destroy(linger=0)
         for endpoint in self._bound:
             unlink_ipc(endpoint)
         log.info("coordinator stopped")
+
+    def _watched(self) -> list[zmq.Socket]:
+        monitors = [c.monitor for c in (self.client_conns, self.worker_conns) if c is not None]
+        return [s for s, _, _ in self._inputs] + monitors
 
     # -- the service round ---------------------------------------------------
 
@@ -165,7 +186,7 @@ class CoordinatorShell:
                 count += 1
                 self._safely(handle, frames)
             more |= count == BATCH
-        self._read_monitor()
+        self._read_connections()
         self._flush()
         self._drain_sink()
         self._drain_outboxes()
@@ -183,7 +204,7 @@ class CoordinatorShell:
 
     def _on_client(self, frames: list) -> None:
         identity = frames[0].bytes
-        self._track_connection(identity, frames[0])
+        self.client_conns.seen(identity, frames[0])
         try:
             self.core.client_frames(identity, frames[1:], time.monotonic())
         except Exception as exc:
@@ -193,11 +214,23 @@ class CoordinatorShell:
         if self.core.unchunked:
             self._start_pump()
 
-    def _on_worker(self, frames: list) -> None:
+    def _on_local_worker(self, frames: list) -> None:
         identity = frames[0]
+        self._worker_sock[identity] = self.workers
         self.core.worker_frames(identity, frames[1:], time.monotonic())
         if identity not in self._pidfds and identity in self.core.workers.workers:
             self._watch(identity, self.core.workers.workers[identity].ready.pid)
+
+    def _on_remote_worker(self, frames: list) -> None:
+        """A worker on another host: its death is its connection closing (or its silence)."""
+        identity = frames[0].bytes
+        self.worker_conns.seen(identity, frames[0])
+        self._worker_sock[identity] = self.remote_workers
+        self.core.worker_frames(identity, [bytes(f) if i < 2 else f for i, f in enumerate(frames[1:])],
+                                time.monotonic())
+
+    def _remote_worker_gone(self, identity: bytes) -> None:
+        self.core.worker_lost(identity, "its connection closed", time.monotonic())
 
     def _on_sink(self, frames: list) -> None:
         msg = decode(frames)
@@ -206,7 +239,9 @@ class CoordinatorShell:
 
     def _on_ctl(self, frames: list) -> None:
         msg = decode(frames)
-        if isinstance(msg, p.Shutdown):
+        if isinstance(msg, p.Drain):
+            self.core.drain(msg.deadline_s, time.monotonic())
+        elif isinstance(msg, p.Shutdown):
             log.info("shutdown requested: %s", msg.reason or "no reason given")
             self._stop.set()
         elif isinstance(msg, p.StatusReply):  # the supervisor's view of process health
@@ -223,7 +258,7 @@ class CoordinatorShell:
             elif dest == SINK:
                 self._to_sink(msg)
             elif dest == KILL:
-                self._kill(address)
+                self._kill(*address, msg)
         if self.core.out:  # a send failure made the core decide more (a stream failed)
             self._flush()
 
@@ -266,7 +301,7 @@ class CoordinatorShell:
 
     def _to_worker(self, identity: bytes, msg: p.Message) -> None:
         try:
-            send_frames(self.workers, [identity, *encode(msg)])
+            send_frames(self._worker_sock.get(identity, self.workers), [identity, *encode(msg)])
         except zmq.ZMQError as exc:  # its queue is full or it is gone: its death is noticed elsewhere
             log.warning("could not send %s to worker %r: %s", type(msg).__name__, identity, exc.strerror)
 
@@ -292,42 +327,35 @@ class CoordinatorShell:
                 return
             self._sink_waiting.popleft()
 
-    def _kill(self, pid: int) -> None:
+    def _kill(self, identity: bytes, pid: int, msg: p.Message) -> None:
+        """A worker declared dead: killed if it runs here, asked to stop if it runs elsewhere (its own
+        supervisor starts it again)."""
+        sock = self._worker_sock.pop(identity, self.workers)
+        if sock is not self.workers:
+            self.worker_conns.forget(identity)
+            self._to_worker_on(sock, identity, msg)
+            return
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
+    def _to_worker_on(self, sock: zmq.Socket, identity: bytes, msg: p.Message) -> None:
+        try:
+            send_frames(sock, [identity, *encode(msg)])
+        except zmq.ZMQError:
+            pass
+
     # -- clients coming and going --------------------------------------------
 
-    def _track_connection(self, identity: bytes, frame: zmq.Frame) -> None:
-        """Remember which connection (file descriptor) carries each client."""
-        fd = frame.get(zmq.SRCFD)
-        if self._client_fd.get(identity) == fd:
-            return
-        # A disconnect of an earlier holder of this descriptor was queued before this
-        # connection existed: apply it first, so it cannot be mistaken for this one's.
-        self._read_monitor()
-        old = self._client_fd.get(identity)
-        if old is not None:
-            self._fd_clients.get(old, set()).discard(identity)
-        self._client_fd[identity] = fd
-        self._fd_clients.setdefault(fd, set()).add(identity)
-
-    def _read_monitor(self) -> None:
-        while readable(self.monitor):
-            event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                for identity in self._fd_clients.pop(event["value"], set()):
-                    if self._client_fd.get(identity) == event["value"]:
-                        log.info("client %s disconnected", identity.hex())
-                        self._client_gone(identity)
+    def _read_connections(self) -> None:
+        for conns in (self.client_conns, self.worker_conns):
+            if conns is not None:
+                conns.read_events()
 
     def _client_gone(self, identity: bytes) -> None:
         self._outboxes.pop(identity, None)
-        fd = self._client_fd.pop(identity, None)
-        if fd is not None:
-            self._fd_clients.get(fd, set()).discard(identity)
+        self.client_conns.forget(identity)
         self.core.client_gone(identity, time.monotonic())
 
     # -- workers' processes --------------------------------------------------
@@ -406,6 +434,9 @@ class CoordinatorShell:
             except Exception:
                 self.internal_errors += 1
                 log.exception("housekeeping failed")
+            if self.core.drained(started):
+                log.info("drained: %d stream(s) left; stopping", len(self.core.streams))
+                self._stop.set()
             self._flush()
             self._drain_outboxes()
             self._timed(started)
@@ -422,6 +453,7 @@ class CoordinatorShell:
             self.lag_recent_ms = held_ms
 
     def _shell_status(self) -> dict[str, Any]:
-        return {"clients_waiting": len(self._outboxes), "connections": len(self._fd_clients),
+        return {"clients_waiting": len(self._outboxes), "connections": len(self.client_conns),
+                "worker_endpoint": self.worker_endpoint,
                 "loop_stall_ms_max": round(self.lag_max_ms, 3), "loop_stall_ms_recent": round(self.lag_recent_ms, 3),
                 "internal_errors": self.internal_errors}

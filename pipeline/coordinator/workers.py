@@ -25,23 +25,25 @@ class WorkerHandle:
     last_beat: float
     inflight: dict[ChunkKey, SynthChunk] = field(default_factory=dict)
     alive: bool = True
+    draining: bool = False  # finishing what it holds: it gets nothing new
     load: int = 0  # jobs it reported holding
     chars_per_s: float = 0.0
     gpu_memory_bytes: int = 0
+    picked: int = 0  # when it was last picked, in picks
 
     @property
     def name(self) -> str:
         return self.ready.worker
 
     @property
-    def busy(self) -> float:
-        """Chunks held per batch slot."""
-        return len(self.inflight) / max(1, self.ready.capacity)
+    def free_slots(self) -> int:
+        return self.ready.capacity - len(self.inflight)
 
     def describe(self, now: float) -> dict[str, object]:
         r = self.ready
-        return {"name": r.worker, "pid": r.pid, "engine": r.engine, "device": r.device, "capacity": r.capacity,
-                "inflight": len(self.inflight), "load": self.load, "chars_per_s": round(self.chars_per_s, 1),
+        return {"name": r.worker, "pid": r.pid, "host": r.host, "engine": r.engine, "device": r.device,
+                "capacity": r.capacity, "free_slots": self.free_slots, "inflight": len(self.inflight),
+                "load": self.load, "draining": self.draining, "chars_per_s": round(self.chars_per_s, 1),
                 "gpu_memory_bytes": self.gpu_memory_bytes, "silent_s": round(now - self.last_beat, 3)}
 
 
@@ -51,6 +53,7 @@ class WorkerRegistry:
         self.workers: dict[bytes, WorkerHandle] = {}
         self.deaths = 0
         self.last_death: dict[str, object] = {}
+        self._picks = 0
 
     def ready(self, identity: bytes, msg: Ready, now: float) -> tuple[WorkerHandle, WorkerHandle | None]:
         """Register a handshake: (the worker, a dead predecessor under the same name, if any)."""
@@ -72,14 +75,23 @@ class WorkerRegistry:
                 worker.load = msg.load
                 worker.chars_per_s = msg.chars_per_s or worker.chars_per_s
                 worker.gpu_memory_bytes = msg.gpu_memory_bytes
+                if msg.draining and not worker.draining:
+                    log.info("worker %s is draining: it gets no new chunks", worker.name)
+                worker.draining = msg.draining
         return worker
 
     def any_ready(self) -> WorkerHandle | None:
         return next(iter(self.workers.values()), None)
 
     def pick(self) -> WorkerHandle | None:
-        """The live worker with the most free capacity."""
-        return min(self.workers.values(), key=lambda w: w.busy, default=None)
+        """The worker with the most free batch slots (then the fewest chunks held, then the one picked
+        longest ago); a draining worker only when no other is left."""
+        live = [w for w in self.workers.values() if not w.draining] or list(self.workers.values())
+        best = max(live, key=lambda w: (w.free_slots, -len(w.inflight), -w.picked), default=None)
+        if best is not None:
+            self._picks += 1
+            best.picked = self._picks
+        return best
 
     def remove(self, worker: WorkerHandle, reason: str, now_wall: float) -> bool:
         """Declare a worker dead; False when it already was."""

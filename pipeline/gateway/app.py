@@ -59,8 +59,10 @@ async def ready(request: Request) -> Response:
         reply = await request.app.state.gateway.backend.status()
     except ServiceError as exc:
         return JSONResponse({"ready": False, "reason": str(exc)}, status_code=503)
-    serving = bool(reply.state.get("serving")) and reply.healthy
-    body = {"ready": serving, "serving": bool(reply.state.get("serving")), "healthy": reply.healthy}
+    draining = bool(reply.state.get("draining"))
+    serving = bool(reply.state.get("serving")) and reply.healthy and not draining
+    body = {"ready": serving, "serving": bool(reply.state.get("serving")), "healthy": reply.healthy,
+            "draining": draining}
     return JSONResponse(body, status_code=200 if serving else 503)
 
 
