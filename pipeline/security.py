@@ -66,10 +66,17 @@ def apply_server_security(sock: zmq.Socket, endpoint: str, keys_dir: str, auth=N
 
 
 def client_keys(keys_dir: str, name: str = "client-1") -> tuple[bytes, tuple[bytes, bytes]]:
-    """(server public key, (client public, client secret)) for `Client(curve_...)`."""
-    directory = _keys_dir(keys_dir)
-    server_public, _ = zmq.auth.load_certificate(str(directory / f"{SERVER}.key"))
-    public, secret = zmq.auth.load_certificate(str(directory / f"{name}.key_secret"))
+    """(server public key, (client public, client secret)) for `Client(curve_...)`.
+
+    A client's directory needs only the server's public key and its own pair: a worker or client on
+    another host is never given the server's secret key."""
+    directory = Path(keys_dir).expanduser()
+    needed = [directory / f"{SERVER}.key", directory / f"{name}.key_secret"]
+    if not all(path.is_file() for path in needed):
+        raise SettingsError(f"keys directory {directory} has no {SERVER}.key and {name}.key_secret "
+                            f"(make them with `xtts-stream keys DIR` and copy those two files)")
+    server_public, _ = zmq.auth.load_certificate(str(needed[0]))
+    public, secret = zmq.auth.load_certificate(str(needed[1]))
     return server_public, (public, secret)
 
 

@@ -4,7 +4,7 @@ The keys file holds one key per line (blank lines and lines starting with
 ``#`` are ignored); a key is at least 16 characters. Every request and
 WebSocket handshake then needs ``Authorization: Bearer KEY``; a browser's
 WebSocket, which cannot set headers, may offer the subprotocol
-``bearer.KEY`` instead. `/health` and the page's own files stay open.
+``bearer.KEY`` instead. `/health`, `/ready` and the page's own files stay open.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from ..settings import SettingsError
 MIN_KEY_CHARS = 16
 CALLER_SCOPE_KEY = "xtts_stream.caller"
 SUBPROTOCOL_PREFIX = "bearer."
-OPEN_PATHS = ("/health", "/", "/favicon.ico")
+# /health and /ready answer orchestrators' probes, which cannot carry a secret; they tell only up or not.
+OPEN_PATHS = ("/health", "/ready", "/", "/favicon.ico")
 OPEN_PREFIXES = ("/static/",)
 
 
