@@ -20,7 +20,16 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "config" / "defaults.toml"
+def _defaults_path() -> Path:
+    """config/defaults.toml of a checkout, or the copy a wheel installs as the package pipeline.defaults."""
+    checkout = Path(__file__).resolve().parent.parent / "config" / "defaults.toml"
+    if checkout.is_file():
+        return checkout
+    from importlib.resources import files
+    return Path(str(files("pipeline.defaults") / "defaults.toml"))
+
+
+DEFAULTS_PATH = _defaults_path()
 CONFIG_ENV = "XTTS_STREAM_CONFIG"
 CHECKPOINT_ENV = "XTTS_STREAM_CHECKPOINT"
 
