@@ -400,3 +400,31 @@ def test_a_drain_ends_at_its_deadline_whatever_is_still_open():
     core.client_message(C, p.Open(stream="slow"), 0.0)
     core.drain(30.0, 1.0)
     assert not core.drained(30.9) and core.drained(31.0)
+
+
+@pytest.mark.parametrize("rate, piece_s", [(22050, 0.25), (24000, 0.1), (16000, 0.37), (44100, 0.013)])
+def test_every_paced_wake_up_moves_audio_or_time_on(rate, piece_s):
+    """A wake-up whose time, a float, lands a sample short of the top-up once made the tick loop spin."""
+    settings = load_settings().with_service()
+    core = CoordinatorCore(settings, boot_id="c0")
+    core.worker_message(W, p.Ready(worker="w0", engine="test", model="m", sample_rate=rate, dtype="fp32",
+                                   device="cpu", pid=1, char_limits={"en": 250}, capacity=4), 0.0)
+    core.client_message(C, p.Speak(stream="s", text="One two three four five six seven."), 0.0)
+    chunk = [m for d, _, m in core.take() if isinstance(m, p.SynthChunk)][0]
+    per = round(piece_s * rate)
+    total = 8 * rate
+    for i, offset in enumerate(range(0, total, per)):
+        core.worker_message(W, p.AudioPiece(stream=chunk.stream, epoch=0, chunk_index=0, piece_index=i,
+                                            sample_offset=offset, sample_count=min(per, total - offset),
+                                            sample_rate=rate, final=offset + per >= total,
+                                            pcm=bytes(2 * min(per, total - offset))), 0.0)
+    sent = sum(m.sample_count for _, _, m in core.take() if isinstance(m, p.Audio))
+    ticks, last = 0, -1.0
+    while (wake := core.next_wake()) is not None:
+        assert wake > last, "each wake-up is later than the one before"
+        last = wake
+        core.tick(wake)
+        sent += sum(m.sample_count for _, _, m in core.take() if isinstance(m, p.Audio))
+        ticks += 1
+        assert ticks < 200
+    assert sent == total and not core.streams

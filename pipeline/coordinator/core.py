@@ -31,7 +31,8 @@ log = logging.getLogger("xtts_stream.coordinator")
 CLIENT, WORKER, SINK, KILL = "client", "worker", "sink", "kill"
 TEXT_SLICE = 4096  # characters chunked per turn of the event loop: long text never stalls it
 MAX_REMEMBERED_CANCELS = 4096
-SPEED_MARGIN = 0.8  # the measured speed varies with the machine's load; plan for less
+SPEED_MARGIN = 0.8
+MIN_WAKE_GAP_S = 0.001  # the measured speed varies with the machine's load; plan for less
 
 
 class CoordinatorCore:
@@ -394,6 +395,8 @@ class CoordinatorCore:
             elif st.to_sink and isinstance(msg, p.Audio):
                 self.out.append((SINK, None, msg))
         wake = min((t for t in (st.pacer.wake_at(), dispatch_at) if t is not None), default=None)
+        if wake is not None:
+            wake = max(wake, now + MIN_WAKE_GAP_S)  # a tick always moves time on: it cannot spin in place
         if wake is not None and wake != st.wake:
             st.wake = wake
             heapq.heappush(self._wakes, (wake, next(self._wake_seq), st.sid))

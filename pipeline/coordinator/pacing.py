@@ -18,6 +18,9 @@ from ..protocol import BYTES_PER_SAMPLE
 from ..reassembler import Span
 
 
+SLACK_SAMPLES = 8
+
+
 class Pacer:
     def __init__(self, clock: PlaybackClock, max_lead_samples: int, block_samples: int):
         self.clock = clock
@@ -62,7 +65,8 @@ class Pacer:
         if not self.clock.started:
             return max(0, self.max_lead - sent)
         lead = sent - self.clock.played(now)
-        if lead > self.max_lead - self.refill:
+        # A few samples of slack: the wake-up time is a float, the samples played an int.
+        if lead > self.max_lead - self.refill + SLACK_SAMPLES:
             return 0
         return self.max_lead - lead
 
