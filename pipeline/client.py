@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import time
 import uuid
@@ -375,7 +376,10 @@ class Client:
             utt.chunks.append(msg)
             utt.queue.put_nowait(msg)
             if utt.on_chunk is not None:
-                utt.on_chunk(msg)
+                try:
+                    utt.on_chunk(msg)
+                except Exception:  # the caller's bug must not stop the reader every stream shares
+                    logging.getLogger("xtts_stream.client").exception("on_chunk callback failed")
         elif isinstance(msg, p.Accepted):
             utt.accepted = msg
             utt.queue.put_nowait(msg)

@@ -1,7 +1,8 @@
 """The one codec: protocol messages <-> ZeroMQ frames.
 
 ``encode`` returns ``[kind, header, *pcm]``; PCM bytes are passed through as a
-separate frame (zero-copy with ``send_multipart(copy=False)``). ``decode``
+separate frame, never packed into the header (`zmq_frames.send_frames` sends
+them). ``decode``
 checks the version, every field's type and bound, and the PCM frame's length
 against the header, and raises `DecodeError` with a message fit to send back to
 a client. Bounds are checked before anything else looks at a value, and every

@@ -134,8 +134,8 @@ class PlaybackClock:
             "audio_s": round(self.samples / self.sample_rate, 6),
             "blocks": self.blocks,
             "prebuffer_ms": self.prebuffer_ms,
-            "sink_order_violations": self.order_violations,
-            "sink_seq_gaps": self.seq_gaps,
+            "order_violations": self.order_violations,
+            "seq_gaps": self.seq_gaps,
         }
 
     def _since_accept(self, when: float | None) -> float | None:

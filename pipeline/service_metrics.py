@@ -95,12 +95,16 @@ class ServiceMetrics:
             self.counters[name].inc(metrics.get(name) or 0)
         self.counters["audio_seconds"].inc(metrics.get("audio_s") or 0, profile=profile)
 
-    def observe_error(self, code: str, ends_stream: bool = True) -> None:
+    def observe_error(self, code: str, ends_stream: bool = True, profile: str = "unknown") -> None:
         """An `error` sent to a client. ``ends_stream`` is False for `chunk_failed`, after which the stream goes on."""
         code = _label(code)
         self.counters["errors"].inc(code=code)
         if ends_stream and code != "chunk_failed":
-            self.counters["streams"].inc(profile="unknown", outcome="failed")
+            self.counters["streams"].inc(profile=_label(profile), outcome="failed")
+
+    def observe_abandoned(self, profile: str) -> None:
+        """A stream freed because its client vanished: nobody was told, but it counts."""
+        self.counters["streams"].inc(profile=_label(profile), outcome="abandoned")
 
     def snapshot(self, gauges: Mapping[str, Any] | None = None,
                  totals: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -107,6 +107,7 @@ class ServiceSettings:
     max_client_backlog_s: float = 30.0
     max_client_backlog_bytes: int = 4194304
     stream_idle_timeout_s: float = 120.0
+    stall_timeout_s: float = 60.0
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 20.0
     worker_ready_timeout_s: float = 300.0

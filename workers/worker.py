@@ -58,7 +58,6 @@ class SynthesisLoop:
         self._last_beat = 0.0
         self._sent: dict[tuple, list[p.AudioPiece]] = {}
         self._cancelled_below: dict[str, int] = {}
-        self._streams: set[str] = set()  # streams with work here since the engine was last idle
         self._jobs: dict[tuple, SynthJob] = {}  # accepted and not finished: the load reported
         self.chars_per_s = engine.info.chars_per_s
         self._idle_for = 0.0  # an engine that paces itself has nothing before this many seconds
@@ -85,7 +84,6 @@ class SynthesisLoop:
                 ready_in = getattr(self.engine, "next_ready_in", None)
                 self._idle_for = (ready_in() or 0.0) if ready_in is not None and not results else 0.0
             else:
-                self._streams.clear()
                 self._jobs.clear()
             self._beat()
 
@@ -120,12 +118,12 @@ class SynthesisLoop:
             log.debug("cancelled stream %s below epoch %d: %d job(s) dropped", msg.stream, msg.below_epoch, dropped)
         elif isinstance(msg, p.Hello):
             # The new coordinator owns none of the old one's streams: their audio would go nowhere.
-            for stream in self._streams:
+            streams = {key[0] for key in self._jobs}
+            for stream in streams:
                 self.engine.cancel(stream)
             self._jobs.clear()
             log.info("a new coordinator (pid %d) asks for the handshake; %d old stream(s) dropped",
-                     msg.coordinator_pid, len(self._streams))
-            self._streams.clear()
+                     msg.coordinator_pid, len(streams))
             self.io.send(self.ready)
         elif isinstance(msg, p.Shutdown):
             if self.faults.ignore_shutdown:
@@ -148,7 +146,6 @@ class SynthesisLoop:
             log.debug("dropping chunk %d of stream %s: its epoch %d was cancelled", msg.chunk_index, msg.stream,
                       msg.epoch)
             return
-        self._streams.add(msg.stream)
         self.chunks_seen += 1
         if self.faults.exit_after and self.chunks_seen > self.faults.exit_after:
             log.error("exiting abruptly (fault injection)")

@@ -24,6 +24,8 @@ from pipeline.zmq_frames import recv_frames, send_frames
 
 log = logging.getLogger("xtts_stream.worker")
 
+OUTBOUND_HWM = 100_000  # messages queued for the coordinator (the engine's load bounds what is in flight)
+
 
 @dataclass(frozen=True)
 class Link:
@@ -43,6 +45,8 @@ class WorkerIO(threading.Thread):
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.IDENTITY, identity)
         self.dealer.setsockopt(zmq.LINGER, 2000)
+        # Pieces wait here while the coordinator is busy; dropping one would leave its stream a gap.
+        self.dealer.setsockopt(zmq.SNDHWM, OUTBOUND_HWM)
         if link.curve is not None:
             self.dealer.curve_serverkey = link.curve[0]
             self.dealer.curve_publickey, self.dealer.curve_secretkey = link.curve[1]

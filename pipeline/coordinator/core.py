@@ -36,7 +36,7 @@ MIN_WAKE_GAP_S = 0.001  # the measured speed varies with the machine's load; pla
 
 
 class CoordinatorCore:
-    def __init__(self, settings: Settings, boot_id: str):
+    def __init__(self, settings: Settings, boot_id: str, pid: int = 0):
         self.settings = settings
         self.svc = settings.service
         self.streams: dict[str, Stream] = {}
@@ -57,6 +57,7 @@ class CoordinatorCore:
         self.draining = False
         self.drain_deadline = 0.0
         self._boot = boot_id
+        self.pid = pid
         self._sids = itertools.count(1)
         self._wakes: list[tuple[float, int, str]] = []
         self._wake_seq = itertools.count()
@@ -252,14 +253,13 @@ class CoordinatorCore:
         if not st.live:
             return
         st.register(chunk, now)
-        before = st.est_audio_s
         st.estimate(chunk)
         per_char = self.svc.forced_tokens_per_char
         forced = max(2, round(per_char * len(chunk.text))) if per_char > 0 else 0
-        st.waiting.append((p.SynthChunk(
+        st.waiting.append(p.SynthChunk(
             stream=st.sid, epoch=st.epoch, chunk_index=chunk.index, text=chunk.text, language=st.language,
-            voice=st.voice, sampling=st.profile.sampling(), priority=chunk.index, forced_tokens=forced), before))
-        self._send_waiting(st, now)
+            voice=st.voice, sampling=st.profile.sampling(), priority=chunk.index, forced_tokens=forced))
+        self._deliver(st, now)  # sends it now, or schedules the wake-up that will
 
     def _send_waiting(self, st: Stream, now: float) -> float | None:
         """Send the stream's built chunks whose audio is needed within the dispatch horizon (all of them
@@ -267,16 +267,19 @@ class CoordinatorCore:
         the next one will be, if one still waits."""
         horizon_ms = self.svc.dispatch_ahead_s * 1000
         while st.waiting:
-            chunk, before = st.waiting[0]
-            due = st.due_ms(before, now)
+            chunk = st.waiting[0]
+            due = st.due_ms(chunk.chunk_index, now)
             if st.pacer.paced and horizon_ms > 0 and chunk.chunk_index > 0 and due > horizon_ms:
                 return now + (due - horizon_ms) / 1000
             st.waiting.popleft()
-            chunk.due_ms = round(due, 3)
+            st.t_progress = now
             self._send_chunk(st, chunk, now)
         return None
 
     def _send_chunk(self, st: Stream, chunk: p.SynthChunk, now: float) -> None:
+        """To the stream's worker (or the one with most room); its deadline as of now, also when it is
+        sent again after a worker died or came back."""
+        chunk.due_ms = round(st.due_ms(chunk.chunk_index, now), 3) if chunk.chunk_index in st.audio_before else 0.0
         worker = self.workers.workers.get(st.worker) if st.worker else None
         if worker is None or worker.draining:  # a stream stays on its worker unless that one leaves
             worker = self.workers.pick()
@@ -307,7 +310,7 @@ class CoordinatorCore:
             if isinstance(msg, p.Heartbeat) and identity not in self._greeted:
                 # A worker that outlived a previous coordinator: ask for its handshake.
                 self._greeted.add(identity)
-                self.out.append((WORKER, identity, p.Hello(coordinator_pid=0)))
+                self.out.append((WORKER, identity, p.Hello(coordinator_pid=self.pid)))
             return
         if isinstance(msg, p.AudioPiece):
             if msg.final:
@@ -320,9 +323,7 @@ class CoordinatorCore:
             self.worker_dead(worker, f"reported: {msg.reason}", now)
 
     def _worker_ready(self, identity: bytes, msg: p.Ready, now: float) -> None:
-        worker, old = self.workers.ready(identity, msg, now)
-        if old is not None:
-            self.worker_dead(old, "replaced by a new process with the same name", now)
+        self.workers.ready(identity, msg, now)
         self.engine_info = {"engine": msg.engine, "model": msg.model, "dtype": msg.dtype, "device": msg.device}
         self.voices = list(msg.voices)
         self.char_limits = dict(msg.char_limits)
@@ -335,11 +336,13 @@ class CoordinatorCore:
             if st is not None and st.epoch == chunk.epoch and st.live:
                 self._send_chunk(st, chunk, now)
 
-    def worker_dead(self, worker: WorkerHandle, reason: str, now: float) -> None:
-        """Hand a dead worker's chunks to another, unless one was partly heard (no seam can be proven)."""
+    def worker_dead(self, worker: WorkerHandle, reason: str, now: float, kill: bool = False) -> None:
+        """Hand a dead worker's chunks to another, unless one was partly heard (no seam can be proven).
+        ``kill``: it may still run (hung), so it is killed (or, elsewhere, asked to stop)."""
         if not self.workers.remove(worker, reason, time.time()):
             return
-        self.out.append((KILL, (worker.identity, worker.ready.pid), p.Shutdown(reason=reason)))
+        if kill:
+            self.out.append((KILL, (worker.identity, worker.ready.pid), p.Shutdown(reason=reason)))
         for (sid, epoch, index), chunk in sorted(worker.inflight.items(), key=lambda kv: kv[1].priority):
             st = self.streams.get(sid)
             if st is None or st.epoch != epoch or not st.live:
@@ -371,6 +374,8 @@ class CoordinatorCore:
         if piece.chunk_index == 0 and piece.piece_index == 0 and piece.epoch == st.epoch:
             st.t_first_piece = now
             st.engine_stage_ms = (round(piece.queued_ms, 3), round(piece.engine_ms, 3))
+        if piece.final and piece.epoch == st.epoch:
+            st.chunk_finished(piece.chunk_index, piece.sample_offset + piece.sample_count)
         st.released(st.reassembler.add_piece(piece), now)
         self._deliver(st, now)
         self._maybe_finish(st, now)
@@ -424,6 +429,7 @@ class CoordinatorCore:
     def _maybe_finish(self, st: Stream, now: float) -> None:
         if not st.live or not st.all_out:
             return
+        st.clock.close(now)  # a stream shorter than the pre-buffer starts playing now
         if st.to_sink:
             st.closing = True
             self.out.append((SINK, None, p.SinkClose(stream=st.sid)))
@@ -472,11 +478,12 @@ class CoordinatorCore:
             return
         log.warning("stream %s failed (%s): %s", st.sid, code, message)
         self._abandon(st, code)
-        self.metrics.observe_error(code)
+        self.metrics.observe_error(code, profile=st.profile.name)
         self.reply(st.client, p.Error(code=code, message=message, stream=st.client_stream))
 
     def _abandon(self, st: Stream, code: str) -> None:
         st.error = code
+        self._remember_cancel(st)  # deltas still on their way get no error of their own
         if not st.cancelled:
             self._stop_synthesis(st)
         if st.to_sink:
@@ -509,8 +516,11 @@ class CoordinatorCore:
 
     def client_gone(self, identity: bytes, now: float) -> None:
         """The client vanished: free everything its streams hold, tell nobody."""
+        if not self.per_client.get(identity):
+            return
         for st in [s for s in self.streams.values() if s.client == identity]:
             log.info("stream %s: its client is gone; freed", st.sid)
+            self.metrics.observe_abandoned(st.profile.name)
             self._abandon(st, "client_gone")
         self.counters["clients_gone"] += 1
 
@@ -532,12 +542,19 @@ class CoordinatorCore:
 
     def housekeeping(self, now: float) -> None:
         for worker in self.workers.hung(now):
-            self.worker_dead(worker, f"no heartbeat for {now - worker.last_beat:.1f} s (hung); killed", now)
+            self.worker_dead(worker, f"no heartbeat for {now - worker.last_beat:.1f} s (hung); killed", now,
+                             kill=True)
         self._expire_backlog(now)
         timeout = self.svc.stream_idle_timeout_s
         for st in [s for s in self.streams.values() if s.live and not s.end_pending and not s.ended
                    and now - s.t_last_text > timeout]:
             self.fail(st, "idle_timeout", f"no text or end for {timeout:.0f} s; the stream was closed")
+        stall = self.svc.stall_timeout_s
+        for st in [s for s in self.streams.values() if s.ended and now - s.t_progress > stall]:
+            # Nothing came out for that long although all the text is in: a message was lost somewhere
+            # (or a sink never answered). Waiting longer would hold the stream's place for ever.
+            self.fail(st, "stalled", f"no audio came for {stall:.0f} s although the stream had ended; "
+                      f"it was closed (the service's log says more)")
 
     def _expire_backlog(self, now: float) -> None:
         """Chunks that no worker took in time fail their streams instead of waiting forever."""

@@ -53,7 +53,7 @@ class CoordinatorShell:
         self.settings = settings
         svc = settings.service
         self.run = run
-        self.core = CoordinatorCore(settings, boot_id=f"{os.getpid():x}")
+        self.core = CoordinatorCore(settings, boot_id=f"{os.getpid():x}", pid=os.getpid())
         self.ctx = zmq.Context()
         self.clients = self._socket(zmq.ROUTER)
         self.clients.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -65,10 +65,12 @@ class CoordinatorShell:
         self.clients.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         self.workers = self._socket(zmq.ROUTER)
         self.workers.setsockopt(zmq.SNDHWM, WORKER_HWM)
+        self.workers.setsockopt(zmq.RCVHWM, WORKER_HWM)
         # Workers on other hosts join on their own socket (TCP, CURVE): the local ones need no keys.
         self.remote_workers = self._socket(zmq.ROUTER) if svc.worker_endpoint else None
         if self.remote_workers is not None:
             self.remote_workers.setsockopt(zmq.SNDHWM, WORKER_HWM)
+            self.remote_workers.setsockopt(zmq.RCVHWM, WORKER_HWM)
             self.remote_workers.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             self.remote_workers.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         self.sink_push = self._socket(zmq.PUSH)
@@ -88,6 +90,7 @@ class CoordinatorShell:
         self._worker_sock: dict[bytes, zmq.Socket] = {}  # the socket each worker came on
         self._outboxes: dict[bytes, ClientOutbox] = {}
         self._sink_waiting: deque[tuple[float, p.Message]] = deque()
+        self._retries: set[str] = set()
         self._pidfds: dict[bytes, int] = {}
         self._bound: list[str] = []
         self._stop: asyncio.Event | None = None
@@ -250,6 +253,14 @@ class CoordinatorShell:
     # -- what the core decided -----------------------------------------------
 
     def _flush(self) -> None:
+        """Send what the core decided. A send can consume a socket's read signal (ZeroMQ's descriptor is
+        edge-triggered): whatever waits unread is then served by a round scheduled here, not left until
+        some unrelated message wakes the loop."""
+        self._send_decided()
+        if not self._service_scheduled and any(readable(s) for s in self._watched()):
+            self._schedule_service()
+
+    def _send_decided(self) -> None:
         for dest, address, msg in self.core.take():
             if dest == CLIENT:
                 self._to_client(address, msg)
@@ -260,7 +271,7 @@ class CoordinatorShell:
             elif dest == KILL:
                 self._kill(*address, msg)
         if self.core.out:  # a send failure made the core decide more (a stream failed)
-            self._flush()
+            self._send_decided()
 
     def _to_client(self, identity: bytes, msg: p.Message) -> None:
         if isinstance(msg, p.StatusReply):
@@ -297,7 +308,17 @@ class CoordinatorShell:
             elif result:
                 del self._outboxes[identity]
         if self._outboxes:
-            self._loop.call_later(0.005, self._schedule_service)
+            self._retry_later("outboxes", 0.005)
+
+    def _retry_later(self, what: str, delay_s: float) -> None:
+        """One pending retry per kind (not one more timer per service round)."""
+        if what not in self._retries:
+            self._retries.add(what)
+            self._loop.call_later(delay_s, self._retry_now, what)
+
+    def _retry_now(self, what: str) -> None:
+        self._retries.discard(what)
+        self._schedule_service()
 
     def _to_worker(self, identity: bytes, msg: p.Message) -> None:
         try:
@@ -318,7 +339,7 @@ class CoordinatorShell:
                 send_frames(self.sink_push, encode(msg))
             except zmq.Again:
                 if time.monotonic() - t < SINK_PATIENCE_S:
-                    self._loop.call_later(0.02, self._schedule_service)
+                    self._retry_later("sink", 0.02)
                     return
                 waiting, self._sink_waiting = self._sink_waiting, deque()
                 for _, lost in waiting:
@@ -378,6 +399,7 @@ class CoordinatorShell:
         os.close(pidfd)
         if self._pidfds.get(identity) == pidfd:
             del self._pidfds[identity]
+        self._service()  # its last words first (a DEAD reason, final pieces): they may be waiting unread
         self.core.worker_exited(identity, pid, time.monotonic())
         self._flush()
 

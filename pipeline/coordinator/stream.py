@@ -19,6 +19,7 @@ from ..settings import Profile
 from .pacing import Pacer
 
 CLIENT_DELIVERIES = ("client", "none")  # audio goes (or would go) back on the client's connection
+MAX_MESSAGE_PCM = 65536  # bytes of audio joined into one message (a piece larger than this goes alone)
 
 
 class TextBuffer:
@@ -82,7 +83,11 @@ class Stream:
     worker: bytes | None = None
     chunks: int = 0
     messages: int = 0  # audio messages sent
-    est_audio_s: float = 0.0  # audio the dispatched chunks should give (profile's speaking rate)
+    est_audio_s: float = 0.0  # audio the registered chunks should give (profile's speaking rate)
+    est_error_s: float = 0.0  # for the chunks finished so far: their real audio minus their estimate
+    chunk_est: dict[int, float] = field(default_factory=dict)  # each unfinished chunk's estimate
+    audio_before: dict[int, float] = field(default_factory=dict)  # estimated audio before each chunk (s)
+    t_progress: float = 0.0  # the last time audio came out or a chunk went to a worker
     samples_dropped: int = 0  # not taken by a client that reads too slowly
     messages_dropped: int = 0
     t_first_chunk: float | None = None
@@ -95,7 +100,7 @@ class Stream:
     wake: float | None = None  # when the pacer next lets held audio out (the core's timer entry)
     # Chunks built but not sent: a paced stream's chunks wait until their audio is needed within the
     # dispatch horizon, so a barge-in wastes little synthesis and the coordinator holds little audio.
-    waiting: deque = field(default_factory=deque)  # (SynthChunk, audio before it in s)
+    waiting: deque = field(default_factory=deque)  # SynthChunks built but not sent
 
     def __post_init__(self) -> None:
         p = self.profile
@@ -108,6 +113,7 @@ class Stream:
         lead = round(max(p.max_lead_s, floor_s) * self.sample_rate) if paced and p.max_lead_s > 0 else 0
         self.pacer = Pacer(self.clock, lead, self.block_samples)
         self.t_last_text = self.t_accept
+        self.t_progress = self.t_accept
 
     # -- text ----------------------------------------------------------------
 
@@ -157,21 +163,33 @@ class Stream:
         if self.t_first_chunk is None:
             self.t_first_chunk = now
 
-    def due_ms(self, audio_before_s: float, now: float) -> float:
-        """How soon the listener needs a chunk's first audio: once the audio before it has played."""
-        if audio_before_s <= 0:
+    def due_ms(self, index: int, now: float) -> float:
+        """How soon the listener needs chunk ``index``'s first audio: once the audio before it has played
+        (estimated from the text, corrected by the real length of every chunk finished so far)."""
+        if index == 0:
             return 0.0
         start = self.clock.start if self.clock.start is not None else self.t_accept + self.profile.prebuffer_ms / 1000
-        return max(0.0, (start + audio_before_s - now) * 1000)
+        return max(0.0, (start + self.audio_before[index] + self.est_error_s - now) * 1000)
 
     def estimate(self, chunk: Chunk) -> None:
-        self.est_audio_s += len(chunk.text) / self.profile.chars_per_second / self.profile.speed
+        est = len(chunk.text) / self.profile.chars_per_second / self.profile.speed
+        self.audio_before[chunk.index] = self.est_audio_s
+        self.chunk_est[chunk.index] = est
+        self.est_audio_s += est
+
+    def chunk_finished(self, index: int, samples: int) -> None:
+        """A chunk's real length is known: later deadlines move by what its estimate was off."""
+        est = self.chunk_est.pop(index, None)
+        self.audio_before.pop(index, None)
+        if est is not None:
+            self.est_error_s += samples / self.sample_rate - est
 
     # -- audio ---------------------------------------------------------------
 
     def released(self, spans: list[Span], now: float) -> None:
         if not spans:
             return
+        self.t_progress = now
         if self.t_first_release is None:
             self.t_first_release = now
         self.t_last_release = now
@@ -179,24 +197,36 @@ class Stream:
             self.pacer.push(span)
 
     def outgoing(self, now: float) -> list[Message]:
-        """Audio (and chunk events) that may leave now, clock advanced as it leaves."""
+        """Audio (and chunk events) that may leave now, clock advanced as it leaves: spans that leave
+        together are joined into messages of at most MAX_MESSAGE_PCM bytes."""
         spans = self.pacer.take(now)
         if not spans:
             return []
+        self.t_progress = now
+        if self.t_first_send is None:
+            self.t_first_send = now
         out: list[Message] = []
+        group: list[Span] = []
+        size = 0
         for span in spans:
+            if group and size + len(span.pcm) > MAX_MESSAGE_PCM:
+                out.append(self._audio(group, now))
+                group, size = [], 0
             if span.chunk_start is not None:
                 out.append(self._chunk_info(span))
+            group.append(span)
+            size += len(span.pcm)
+        out.append(self._audio(group, now))
+        return out
+
+    def _audio(self, spans: list[Span], now: float) -> Audio:
         pcm = spans[0].pcm if len(spans) == 1 else b"".join(s.pcm for s in spans)
         count = sum(s.sample_count for s in spans)
         self.clock.accept(self.epoch, self.messages, count, now)
-        if self.t_first_send is None:
-            self.t_first_send = now
-        out.append(Audio(stream=self.wire_name, epoch=self.epoch, seq=self.messages,
-                         sample_offset=spans[0].sample_offset, sample_count=count, sample_rate=self.sample_rate,
-                         pcm=pcm))
+        msg = Audio(stream=self.wire_name, epoch=self.epoch, seq=self.messages, sample_offset=spans[0].sample_offset,
+                    sample_count=count, sample_rate=self.sample_rate, pcm=pcm)
         self.messages += 1
-        return out
+        return msg
 
     def _chunk_info(self, span: Span) -> ChunkInfo:
         chunk = self.chunk_texts.pop(span.chunk_start)

@@ -55,17 +55,17 @@ class WorkerRegistry:
         self.last_death: dict[str, object] = {}
         self._picks = 0
 
-    def ready(self, identity: bytes, msg: Ready, now: float) -> tuple[WorkerHandle, WorkerHandle | None]:
-        """Register a handshake: (the worker, a dead predecessor under the same name, if any)."""
-        old = self.workers.get(identity)
-        if old is not None and old.ready.pid == msg.pid:  # a repeated handshake: same process, same work
-            old.last_beat = now
-            return old, None
-        worker = WorkerHandle(identity, msg, now, chars_per_s=msg.chars_per_s)
-        self.workers[identity] = worker
+    def ready(self, identity: bytes, msg: Ready, now: float) -> WorkerHandle:
+        """Register a handshake (a repeated one, after a hello, keeps what the worker holds: identities
+        carry the process's PID, so the same identity is the same process)."""
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.last_beat = now
+            return worker
+        worker = self.workers[identity] = WorkerHandle(identity, msg, now, chars_per_s=msg.chars_per_s)
         log.info("worker %s ready: engine=%s model=%s dtype=%s device=%s rate=%d pid=%d capacity=%d", msg.worker,
                  msg.engine, msg.model, msg.dtype, msg.device, msg.sample_rate, msg.pid, msg.capacity)
-        return worker, old
+        return worker
 
     def beat(self, identity: bytes, now: float, msg: Heartbeat | None = None) -> WorkerHandle | None:
         worker = self.workers.get(identity)
@@ -79,9 +79,6 @@ class WorkerRegistry:
                     log.info("worker %s is draining: it gets no new chunks", worker.name)
                 worker.draining = msg.draining
         return worker
-
-    def any_ready(self) -> WorkerHandle | None:
-        return next(iter(self.workers.values()), None)
 
     def pick(self) -> WorkerHandle | None:
         """The worker with the most free batch slots (then the fewest chunks held, then the one picked

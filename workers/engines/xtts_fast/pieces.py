@@ -57,7 +57,8 @@ class PieceDispatcher:
         for run in running:
             if run.cancelled or run.final_launched:
                 continue
-            if hold and not run.first_chunk and not is_urgent(run.job, run.tokens_launched * TOKEN_S, now):
+            audio_s = run.tokens_launched * TOKEN_S / float(run.job.sampling.get("speed", 1.0) or 1.0)
+            if hold and not run.first_chunk and not is_urgent(run.job, audio_s, now):
                 continue
             target = self._piece_target(run)
             if target is None:

@@ -28,7 +28,7 @@ from workers.engines.base import SynthJob
 from workers.engines.xtts_fast.batcher import Batcher
 
 URGENT_S = 0.5  # a later chunk this close to its stream's underrun is not held back
-TOKEN_S = 1024 / 22050  # audio per GPT token at speed 1 (XTTS-v2's code stride at 22.05 kHz)
+TOKEN_S = 1024 / 22050  # audio per GPT token at speed 1 (XTTS-v2's code stride at 22.05 kHz); / speed
 
 
 def urgent(job: SynthJob, audio_s_done: float, now: float) -> bool:
