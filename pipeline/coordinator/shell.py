@@ -83,10 +83,11 @@ class CoordinatorShell:
         self.exit_code = 0
         # (socket, handler, first frame received without a copy): clients' identity frames carry the
         # connection's file descriptor; workers' PCM frames are handed on as they are.
-        self._inputs = [(self.clients, self._on_client, 0), (self.workers, self._on_local_worker, 3),
+        # Workers first: audio for listeners already playing is more urgent than a new request.
+        self._inputs = [(self.workers, self._on_local_worker, 3), (self.clients, self._on_client, 0),
                         (self.sink_pull, self._on_sink, 99), (self.ctl, self._on_ctl, 99)]
         if self.remote_workers is not None:
-            self._inputs.append((self.remote_workers, self._on_remote_worker, 0))
+            self._inputs.insert(1, (self.remote_workers, self._on_remote_worker, 0))
         self._worker_sock: dict[bytes, zmq.Socket] = {}  # the socket each worker came on
         self._outboxes: dict[bytes, ClientOutbox] = {}
         self._sink_waiting: deque[tuple[float, p.Message]] = deque()
@@ -183,6 +184,7 @@ class CoordinatorShell:
         self._service_scheduled = False
         more = False
         for sock, handle, zero_copy_from in self._inputs:
+            self._tick_if_due()  # paced audio first: a long round must not starve a playing listener
             count = 0
             while count < BATCH and readable(sock):
                 frames = recv_frames(sock, zero_copy_from)
@@ -416,6 +418,11 @@ class CoordinatorShell:
         wake = max(wake, self._last_tick + TICK_S)
         self._wake_at = wake
         self._wake_handle = self._loop.call_later(max(0.0, wake - time.monotonic()), self._on_wake)
+
+    def _tick_if_due(self) -> None:
+        if self._wake_at is not None and self._wake_at <= time.monotonic():
+            self._wake_handle.cancel()
+            self._on_wake()
 
     def _on_wake(self) -> None:
         self._wake_handle = self._wake_at = None
