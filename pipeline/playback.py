@@ -107,7 +107,8 @@ class PlaybackClock:
         """Samples a real-time listener has heard by ``now`` (it never plays what has not arrived)."""
         if self._anchor is None:
             return 0
-        return min(self.samples, self._anchor.sample + max(0, int((now - self._anchor.time) * self.sample_rate)))
+        elapsed = now - self._anchor.time + _ON_TIME_TOLERANCE_S  # a float time a hair short of a sample
+        return min(self.samples, self._anchor.sample + max(0, int(elapsed * self.sample_rate)))
 
     def when_played(self, sample: int) -> float | None:
         """When playback reaches ``sample`` if no underrun intervenes; None before playback starts."""

@@ -117,22 +117,64 @@ def test_audio_leaves_at_most_max_lead_ahead_of_real_time_playback():
     chunk = sent(core, WORKER, p.SynthChunk)[0]
     out = speak_all(core, [chunk], 5.0, now=0.0)  # five seconds of audio at once
     first = split(out, CLIENT, p.Audio)
-    assert sum(m.sample_count for m in first) == 0.5 * RATE and not split(out, CLIENT, p.Done)
-    now, got = 0.0, list(first)
+    assert sum(m.sample_count for m in first) == 0.5 * RATE and not split(out, CLIENT, p.Done), \
+        "before playback the full lead leaves at once (it fills the 200 ms pre-buffer); the rest waits"
+    now, got, sends = 0.0, list(first), []
     while not any(isinstance(m, p.Done) for m in got):
         now = core.next_wake()
         assert now is not None and now < 10
         core.tick(now)
-        got += [m for _, _, m in core.take()]
+        new = [m for _, _, m in core.take()]
+        sends += [(now, m) for m in new if isinstance(m, p.Audio)]
+        got += new
         assert lead_s(core, chunk.stream, now) <= 0.5 + 1e-9 if chunk.stream in core.streams else True
     audio = [m for m in got if isinstance(m, p.Audio)]
     assert_contiguous(audio)
     assert len(audio_of(audio)) == 5 * RATE * 2
-    assert 4.4 < now < 4.8, "the last audio leaves about max_lead before playback ends"
-    assert len(audio) <= 5 / 0.25 + 1, "topped up by half the lead at a time, not block by block"
-    assert all(m.sample_count >= 0.25 * RATE for m in audio[:-1])
+    assert 4.4 < now < 4.85, "the last audio leaves once the listener is down to the pre-buffer"
+    step = 0.3  # the room between the 200 ms pre-buffer and the 500 ms lead
+    assert len(sends) <= 4.5 / step + 1, "one top-up per grid step, not one message per block"
+    for when, msg in sends:
+        assert abs(when / step - round(when / step)) < 1e-6, "top-ups fall on the shared grid"
+        assert msg.sample_offset / RATE - when == pytest.approx(0.2), "each leaves as the lead reaches the pre-buffer"
+    assert all(m.sample_count == step * RATE for _, m in sends[:-1])
     done = [m for m in got if isinstance(m, p.Done)][0]
     assert done.metrics["underruns"] == 0 and done.metrics["first_send_ms"] == 0
+
+
+def test_streams_started_apart_top_up_together_and_a_starved_one_gets_its_audio_as_it_comes():
+    """One wake-up serves every stream due on the grid; a stream whose audio comes late is not held back."""
+    core = core_with()
+    chunks = {}
+    for name, start in (("a", 0.0), ("b", 0.07), ("c", 0.19)):
+        core.client_message(C, p.Speak(stream=name, text="One two three."), start)
+        chunk = sent(core, WORKER, p.SynthChunk)[0]
+        chunks[name] = chunk
+        speak_all(core, [chunk], 3.0, now=start)
+    core.client_message(C, p.Speak(stream="slow", text="One two three."), 0.0)
+    slow = sent(core, WORKER, p.SynthChunk)[0]
+    core.worker_message(W, piece(slow, 0, 0, 6000, False), 0.0)  # 250 ms: playback starts, then nothing
+    core.take()
+    ticks, arrivals = set(), []
+    now, offset, index = 0.0, 6000, 1
+    while core.streams:
+        wake = core.next_wake()
+        arrival = 0.2 * index  # the slow stream's next 200 ms piece: later than the listener needs it
+        if offset < 3 * RATE and (wake is None or arrival < wake):
+            now = arrival
+            core.worker_message(W, piece(slow, index, offset, 4800, offset + 4800 >= 3 * RATE), now)
+            offset, index = offset + 4800, index + 1
+            arrivals += [(now, m) for _, _, m in core.take() if isinstance(m, p.Audio)]
+            continue
+        assert wake is not None
+        now = wake
+        core.tick(now)
+        if any(isinstance(m, p.Audio) for _, _, m in core.take()):
+            ticks.add(round(now, 6))
+    assert all(abs(t / 0.3 - round(t / 0.3)) < 1e-6 for t in ticks), f"wake-ups off the grid: {sorted(ticks)}"
+    assert len(ticks) <= 3.2 / 0.3 + 1, "the three streams share their wake-ups"
+    assert len(arrivals) == index - 1 and all(m.sample_count == 4800 for _, m in arrivals), \
+        "each late piece leaves the moment it arrives"
 
 
 def test_after_cancel_nothing_of_the_old_epoch_leaves_and_done_comes_at_once():

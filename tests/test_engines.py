@@ -49,15 +49,16 @@ def piper() -> PiperEngine:
     return PiperEngine()
 
 
-def test_piper_pieces_are_contiguous_quarter_seconds(piper: PiperEngine) -> None:
+def test_piper_pieces_are_contiguous_a_quarter_second_then_longer(piper: PiperEngine) -> None:
     assert (piper.info.engine, piper.info.sample_rate, piper.info.dtype) == ("piper", 22050, "fp32")
     piper.add(SynthJob("s", 1, 0, "The otherworldly light spilled over us, cold and silver."))
     results = run_all(piper)
     pieces = pieces_of(results, 0)
     total = assert_contiguous(pieces)
     assert total / 22050 > 1.5, "a sentence of speech"
-    assert {len(p.samples) for p in pieces[:-1]} == {piper.piece_samples}
-    assert abs(piper.piece_samples / 22050 - 0.25) < 0.001
+    assert len(pieces[0].samples) == piper.piece_samples and abs(piper.piece_samples / 22050 - 0.25) < 0.001
+    assert all(len(p.samples) == piper.rest_piece_samples for p in pieces[1:-1])
+    assert abs(piper.rest_piece_samples / 22050 - 4.0) < 0.001
     assert np.abs(np.concatenate([p.samples for p in pieces])).max() > 1000, "not silence"
 
 

@@ -399,7 +399,7 @@ class CoordinatorCore:
                 self.reply(st.client, msg)
             elif st.to_sink and isinstance(msg, p.Audio):
                 self.out.append((SINK, None, msg))
-        wake = min((t for t in (st.pacer.wake_at(), dispatch_at) if t is not None), default=None)
+        wake = min((t for t in (st.pacer.wake_at(now), dispatch_at) if t is not None), default=None)
         if wake is not None:
             wake = max(wake, now + MIN_WAKE_GAP_S)  # a tick always moves time on: it cannot spin in place
         if wake is not None and wake != st.wake:

@@ -209,13 +209,16 @@ class CoordinatorShell:
 
     def _on_client(self, frames: list) -> None:
         identity = frames[0].bytes
-        self.client_conns.seen(identity, frames[0])
+        connected = self.client_conns.seen(identity, frames[0])
         try:
             self.core.client_frames(identity, frames[1:], time.monotonic())
         except Exception as exc:
             self.internal_errors += 1
             log.exception("request from client %s failed", identity.hex())
             self.core.reply(identity, p.Error(code="internal", message=f"internal error: {type(exc).__name__}"))
+        if not connected:  # it asked and hung up before we read it
+            log.info("client %s disconnected", identity.hex())
+            self._client_gone(identity)
         if self.core.unchunked:
             self._start_pump()
 
@@ -229,10 +232,12 @@ class CoordinatorShell:
     def _on_remote_worker(self, frames: list) -> None:
         """A worker on another host: its death is its connection closing (or its silence)."""
         identity = frames[0].bytes
-        self.worker_conns.seen(identity, frames[0])
+        connected = self.worker_conns.seen(identity, frames[0])
         self._worker_sock[identity] = self.remote_workers
         self.core.worker_frames(identity, [bytes(f) if i < 2 else f for i, f in enumerate(frames[1:])],
                                 time.monotonic())
+        if not connected:
+            self._remote_worker_gone(identity)
 
     def _remote_worker_gone(self, identity: bytes) -> None:
         self.core.worker_lost(identity, "its connection closed", time.monotonic())
@@ -409,7 +414,7 @@ class CoordinatorShell:
 
     def _arm_wake(self) -> None:
         """One timer for the earliest paced send, at most one every TICK_S: each tick serves every stream
-        due by then (a send up to TICK_S late costs a listener nothing: it holds max_lead - refill)."""
+        due by then (a send up to TICK_S late costs a listener nothing: it holds the pre-buffer)."""
         wake = self.core.next_wake()
         if wake is None or (self._wake_at is not None and self._wake_at <= wake):
             return

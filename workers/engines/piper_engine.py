@@ -1,9 +1,10 @@
 """Piper (piper-tts with the bundled en_US-joe-medium voice): real speech offline, on the CPU.
 
 Piper synthesizes a whole chunk at once (RTF ~0.04 on 2 cores), so one step
-synthesizes the next job and later steps hand its audio out in ~0.25 s pieces;
-that keeps the worker loop responsive to cancels and exercises piece offsets
-the way a streaming engine does.
+synthesizes the next job and later steps hand its audio out: a first piece of
+~0.25 s, then pieces of up to 4 s. Every message costs the coordinator a wake-up,
+so the audio that is already there goes in few; the cuts still exercise piece
+offsets the way a streaming engine does, and a cancel between steps drops the rest.
 
 Audio is left unnormalized: Piper's default peak-normalizes every call, which
 would make each chunk of a stream a different loudness.
@@ -23,7 +24,8 @@ from workers.engines.job_queue import JobQueue, is_cancelled
 
 log = logging.getLogger(__name__)
 
-PIECE_SECONDS = 0.25
+PIECE_SECONDS = 0.25  # the first piece of a chunk
+REST_PIECE_SECONDS = 4.0  # the pieces after it
 WARM_UP_TEXT = "Hello there, friend."
 SPEED_TEXT = "The old lighthouse keeper lit the lamp, and the boats came home one by one."
 # Piper takes any length; this only bounds how much text one chunk may carry.
@@ -48,6 +50,7 @@ class PiperEngine:
         self.name = Path(model_path).stem  # en_US-joe-medium
         rate = int(self.voice.config.sample_rate)
         self.piece_samples = max(1, round(piece_seconds * rate))
+        self.rest_piece_samples = max(self.piece_samples, round(REST_PIECE_SECONDS * rate))
         self.info = EngineInfo(engine="piper", model=self.name, sample_rate=rate, dtype="fp32", device="cpu",
                                char_limits={"en": CHAR_LIMIT}, voices=[self.name], capacity=1, streaming=False)
         self._queue = JobQueue()
@@ -116,8 +119,8 @@ class PiperEngine:
         return float(self.voice.config.length_scale or 1.0)
 
     def _cut(self, job: SynthJob, audio: np.ndarray) -> list[PieceOut]:
-        starts = range(0, len(audio), self.piece_samples)
-        last = len(starts) - 1
-        return [PieceOut(job, i, start, audio[start:start + self.piece_samples], i == last)
-                for i, start in enumerate(starts)]
+        starts = [0, *range(self.piece_samples, len(audio), self.rest_piece_samples)]
+        ends = starts[1:] + [len(audio)]
+        return [PieceOut(job, i, start, audio[start:end], i == len(starts) - 1)
+                for i, (start, end) in enumerate(zip(starts, ends)) if end > start or i == 0]
 
