@@ -79,7 +79,10 @@ def test_clients_that_speak_and_vanish_do_not_keep_the_next_one_waiting(service)
     print(f"\n200 vanished clients: the next client's whole utterance took {waited:.2f} s")
     assert out.error is None and out.metrics["audio_s"] > 0.5
     assert waited < 10.0, "work for vanished clients must be dropped as soon as they are known gone"
-    assert state["counters"].get("clients_gone", 0) >= 200
+    counters = state["counters"]  # a request still unsent when its socket closed (linger 0) never came
+    assert counters["streams_opened"] > 100, "most requests must have arrived for the test to mean anything"
+    assert counters.get("clients_gone", 0) == counters["streams_opened"] - 1, \
+        "every vanished client whose request arrived (even one that hung up before it was read) is known gone"
 
 
 def test_an_open_stream_whose_text_stops_coming_is_freed_by_the_idle_timeout(service):
