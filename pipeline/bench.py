@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             report[name] = {"failed": f"{type(exc).__name__}: {exc}"}
             print(f"bench: {name} failed: {exc}", file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{'-'.join(which)}-{_slug(device)}{'-tiny' if args.tiny else ''}-{dt.date.today().isoformat()}"
+    engine = f"-{args.engine}" if args.engine else ""
+    stem = f"{'-'.join(which)}{engine}-{_slug(device)}{'-tiny' if args.tiny else ''}-{dt.date.today().isoformat()}"
     path = args.out / f"{stem}.json"
     path.write_text(json.dumps(report, indent=2, sort_keys=True))
     (args.out / "service-partial.json").unlink(missing_ok=True)  # the whole report now holds it
