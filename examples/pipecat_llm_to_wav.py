@@ -20,8 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a checkout
 
 from loguru import logger  # noqa: E402
-from pipecat.frames.frames import (EndFrame, LLMFullResponseEndFrame, LLMFullResponseStartFrame,  # noqa: E402
-                                   LLMTextFrame, MetricsFrame, TTSAudioRawFrame, TTSStoppedFrame)
+from pipecat.frames.frames import (  # noqa: E402
+    EndFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    MetricsFrame,
+    TTSAudioRawFrame,
+    TTSStoppedFrame,
+)
 from pipecat.metrics.metrics import TTFBMetricsData  # noqa: E402
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
@@ -96,7 +103,7 @@ def main() -> int:
     if args.endpoint:
         asyncio.run(speak(args.endpoint, args.out, args.profile))
         return 0
-    from pipeline.service_process import ServiceProcess
+    from pipeline.processes.service_process import ServiceProcess
     print("starting a Piper service (a few seconds)...")
     import os
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

@@ -68,7 +68,7 @@ def _serve_args(ap: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .supervisor import Supervisor
+    from pipeline.processes.supervisor import Supervisor
     logging.basicConfig(level=args.log_level, format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)
     overrides = {"client_endpoint": args.endpoint, "engine": args.engine, "checkpoint": args.checkpoint,
@@ -87,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def check_front_ends(settings) -> None:
     """Every listening address is refused before anything starts when it would be open without keys."""
-    from .security import check_bind_allowed
+    from pipeline.wire.security import check_bind_allowed
     svc = settings.service
     check_bind_allowed(svc.client_endpoint, svc.curve_keys_dir)
     if svc.worker_endpoint:
@@ -123,9 +123,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """This host's workers of a coordinator elsewhere, restarted when they die; SIGTERM drains them."""
     import socket
 
-    from .process_plan import remote_worker_processes
-    from .security import is_local_endpoint
-    from .supervisor import Supervisor
+    from pipeline.processes.plan import remote_worker_processes
+    from pipeline.processes.supervisor import Supervisor
+    from pipeline.wire.security import is_local_endpoint
     logging.basicConfig(level=args.log_level, format="%(asctime)s worker-host %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)
     overrides = {"engine": args.engine, "checkpoint": args.checkpoint, "xtts_path": args.xtts_path,
@@ -135,7 +135,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise SettingsError(f"refusing to connect to {args.connect} without CURVE keys: a coordinator beyond "
                             f"loopback admits only workers with a key pair (--keys DIR, from `xtts-stream keys`)")
     if args.keys:
-        from .security import client_keys
+        from pipeline.wire.security import client_keys
         client_keys(args.keys, args.key_name)  # a missing pair fails here, not in every restart
     name = args.name or socket.gethostname().split(".")[0]
 
@@ -226,7 +226,7 @@ async def _feed_stdin(utt) -> None:
 def _curve(keys_dir: str | None) -> dict[str, Any]:
     if not keys_dir:
         return {}
-    from .security import client_keys
+    from pipeline.wire.security import client_keys
     server_key, pair = client_keys(keys_dir)
     return {"curve_server_key": server_key, "curve_client_keys": pair}
 
@@ -276,14 +276,14 @@ def cmd_wyoming(args: argparse.Namespace) -> int:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    from workers.synthetic import make_synthetic_checkpoint
+    from workers.engines.synthetic import make_synthetic_checkpoint
     out = make_synthetic_checkpoint(args.dir, size=args.size, seed=args.seed)
     print(f"wrote a {args.size} synthetic XTTS-v2 checkpoint to {out}")
     return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .security import generate_keys
+    from pipeline.wire.security import generate_keys
     for line in generate_keys(args.dir, args.clients):
         print(line)
     return 0

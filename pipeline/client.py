@@ -32,8 +32,9 @@ from typing import Any, AsyncIterator, Callable
 import zmq
 import zmq.asyncio
 
-from . import protocol as p
-from .codec import DecodeError, decode, encode
+from pipeline.wire.codec import DecodeError, decode, encode
+
+from .wire import protocol as p
 
 
 class ServiceError(RuntimeError):

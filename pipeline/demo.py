@@ -13,9 +13,10 @@ import sys
 import threading
 from pathlib import Path
 
+from pipeline.processes.service_process import ServiceProcess
+
 from .cli import write_wav
 from .client import Client
-from .service_process import ServiceProcess
 
 SAMPLE = ("The otherworldly light spilled over us, cold and silver, and for a moment nobody spoke. "
           "Then the old woman raised her lantern and whispered: do you see it?")

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.service_process import ServiceProcess
-
-from xtts_support import tiny_checkpoint  # noqa: F401  (the tiny synthetic XTTS checkpoint, once per session)
 from integration_services import tiny_xtts_service  # noqa: F401  (tiny XTTS service + Wyoming, once per session)
+from pipeline.processes.service_process import ServiceProcess
+from xtts_support import tiny_checkpoint  # noqa: F401  (the tiny synthetic XTTS checkpoint, once per session)
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import deploy_support as ds
-from pipeline.security import client_keys, generate_keys
 from pipeline.settings import tomllib
+from pipeline.wire.security import client_keys, generate_keys
 
 CONFIG_PATH = "/etc/xtts-stream/config/config.toml"
 

@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import msgpack
 
-from pipeline import protocol as p
-from pipeline.codec import DecodeError, decode, encode
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import DecodeError, decode, encode
 
 STREAMS = ("a", "b", "c", "d")
 TEXTS = ("Hi.", "Ok", " ... ", "", "Yes, fine.", "\u00e9t\u00e9 \u2014 \u4e2d\u6587!", "7 $29.95 Dr.")

@@ -10,10 +10,10 @@ from typing import Callable
 import zmq
 import zmq.asyncio
 
-from pipeline import protocol as p
 from pipeline.client import Client, within
-from pipeline.codec import decode, encode
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import decode, encode
 
 
 def piper_service(directory: Path, config: str, env: dict[str, str] | None = None,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.chunker import split_text
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.text.chunker import split_text
 
 PER_CHAR = 1.54
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import engine_limits
-from pipeline.chunker import Chunk, Chunker, check_spans, split_text
 from pipeline.settings import Profile, SettingsError
+from pipeline.text import limits as engine_limits
+from pipeline.text.chunker import Chunk, Chunker, check_spans, split_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -327,7 +327,7 @@ def test_parsed_limits_match_the_tokenizer() -> None:
 
 
 def test_reading_the_limits_imports_neither_torch_nor_coqui() -> None:
-    code = ("import sys, pipeline.chunker as c, pipeline.engine_limits as e\n"
+    code = ("import sys, pipeline.text.chunker as c, pipeline.text.limits as e\n"
             "assert e.xtts_char_limits(), 'table not found'\n"
             "c.split_text('Hello there, world.')\n"
             "bad = sorted(m for m in sys.modules if m == 'torch' or m == 'TTS' or m.startswith(('torch.', 'TTS.')))\n"
@@ -338,7 +338,7 @@ def test_reading_the_limits_imports_neither_torch_nor_coqui() -> None:
 def test_without_coqui_every_language_gets_the_default_once(monkeypatch, caplog) -> None:
     monkeypatch.setattr(engine_limits.importlib.util, "find_spec", lambda name: None)
     engine_limits.xtts_char_limits.cache_clear()
-    caplog.set_level(logging.INFO, logger="xtts_stream.engine_limits")
+    caplog.set_level(logging.INFO, logger="xtts_stream.text.limits")
     try:
         assert engine_limits.char_limit("pt") == engine_limits.DEFAULT_CHAR_LIMIT
         assert engine_limits.char_limit("ja") == engine_limits.DEFAULT_CHAR_LIMIT

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.chunk_budget import chunk_budget
-from pipeline.chunker import Chunker, check_spans, resolve_profile, split_text
 from pipeline.settings import Profile
+from pipeline.text.budget import chunk_budget
+from pipeline.text.chunker import Chunker, check_spans, resolve_profile, split_text
 from tests.hypothesis_profiles import property_settings
 
 FAST = resolve_profile("fast")  # F 20, target 120, 14 chars/s, pre-buffer 200 ms

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.chunker import Chunker, check_spans, split_text
 from pipeline.settings import Profile
+from pipeline.text.chunker import Chunker, check_spans, split_text
 
 # First window 10; later chunks: target 20, so "the second half" is [10, 20]; engine limit 60.
 SMALL = Profile(name="small", first_chunk_max_chars=5, chunk_target_chars=20, natural_pause_after_s=1000.0)

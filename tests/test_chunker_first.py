@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.chunker import Chunker, check_spans, split_text
 from pipeline.settings import Profile
-from pipeline.text_rules import rules_for
+from pipeline.text.chunker import Chunker, check_spans, split_text
+from pipeline.text.rules import rules_for
 from tests.hypothesis_profiles import property_settings
 
 # (language, text, the first chunk)

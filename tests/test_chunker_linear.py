@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.chunker
-import pipeline.text_clean
-import pipeline.text_rules
-from pipeline.chunker import Chunker, split_text
+import pipeline.text.chunker
+import pipeline.text.clean
+import pipeline.text.rules
+from pipeline.text.chunker import Chunker, split_text
 
-MODULES = (pipeline.chunker, pipeline.text_rules, pipeline.text_clean)
+MODULES = (pipeline.text.chunker, pipeline.text.rules, pipeline.text.clean)
 FILES = {str(Path(m.__file__).resolve()) for m in MODULES}
 
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pipeline.chunker import Chunk, Chunker, base_language, check_spans, split_text
 from pipeline.settings import Profile
-from pipeline.text_rules import CLOSERS, CJK_CLAUSE_MARKS, CJK_SENTENCE_MARKS, is_cjk, rules_for
+from pipeline.text.chunker import Chunk, Chunker, base_language, check_spans, split_text
+from pipeline.text.rules import CJK_CLAUSE_MARKS, CJK_SENTENCE_MARKS, CLOSERS, is_cjk, rules_for
 from tests.hypothesis_profiles import property_settings
 
 # Small sizes and limits so that short random texts reach every rule.

@@ -12,9 +12,9 @@ import random
 import pytest
 
 from hardening_support import RawDealer, piper_service, status, wait_for
-from pipeline import protocol as p
 from pipeline.client import Client
-from pipeline.process_stats import process_tree_stats
+from pipeline.processes.stats import process_tree_stats
+from pipeline.wire import protocol as p
 from service_support import collect, run
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from pipeline import protocol as p
-from pipeline.codec import DecodeError, decode, encode
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import DecodeError, decode, encode
 
 
 def _sample(cls):

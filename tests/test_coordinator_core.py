@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import protocol as p
-from pipeline.codec import encode
 from pipeline.coordinator.core import CLIENT, KILL, SINK, TEXT_SLICE, WORKER, CoordinatorCore
 from pipeline.settings import load_settings
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import encode
 
 RATE = 24000
 W = b"w0-1"

@@ -26,8 +26,8 @@ from packaging.requirements import Requirement
 import deploy_pods as pods
 import deploy_support as ds
 from pipeline import cli
-from pipeline.security import apply_server_security, client_keys, generate_keys, is_local_endpoint
 from pipeline.settings import load_settings, tomllib
+from pipeline.wire.security import apply_server_security, client_keys, generate_keys, is_local_endpoint
 
 # The oldest Kubernetes the recipe claims, and the newest whose schemas kubernetes-validate bundles.
 K8S_VERSIONS = ("1.30", "1.37")

@@ -113,7 +113,7 @@ def xtts(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Sto
 
 def test_forced_tokens_policy() -> None:
     assert forced_tokens("The otherworldly light spilled over us.") == 60  # 39 chars x 1.54
-    assert forced_tokens("") == 1
+    assert forced_tokens("") == 2  # one token of audio, then the stop token
     assert forced_tokens("abcd", tokens_per_char=2.0) == 8
 
 

@@ -17,7 +17,11 @@ import torch.nn.functional as F
 from tests.xtts_fast_support import tiny_xtts
 from workers.engines.xtts_fast.frames import FrameChain
 from workers.engines.xtts_fast.vocoder import (
-    IncrementalVocoder, VocoderSettings, VocoderStream, fold_weight_norm, window_widths,
+    IncrementalVocoder,
+    VocoderSettings,
+    VocoderStream,
+    fold_weight_norm,
+    window_widths,
 )
 
 N_LATENTS = 30

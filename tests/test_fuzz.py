@@ -22,8 +22,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from fuzz_messages import MessageFuzzer, expected_decode_error
 from hardening_support import RawDealer, assert_nothing_restarted, piper_service, status, wait_for
-from pipeline import protocol as p
-from pipeline.codec import decode
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import decode
 from service_support import run, speak
 
 pytestmark = pytest.mark.slow

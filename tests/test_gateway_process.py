@@ -16,9 +16,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from gateway_support import request, wait_state
-from pipeline.runpaths import RunPaths
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.service_process import ServiceProcess
 from pipeline.settings import load_settings
+from pipeline.wire.runpaths import RunPaths
 from service_support import run, speak
 
 pytestmark = pytest.mark.slow

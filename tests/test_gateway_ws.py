@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from gateway_support import deltas, receive_stream, ws_url
-from pipeline.chunker import split_text
+from pipeline.text.chunker import split_text
 from service_support import run
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ import openai
 import pytest
 from websockets.asyncio.client import connect
 
-from pipeline.chunker import split_text
-from pipeline.service_process import ServiceProcess
 from gateway_support import deltas, receive_stream, zmq_pcm
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.text.chunker import split_text
 from service_support import run
 from test_service_xtts import PER_CHAR, TEXT, forced_samples
 

@@ -14,9 +14,9 @@ import msgpack
 import pytest
 
 from hardening_support import RawDealer, assert_nothing_restarted, status, wait_for
-from pipeline import protocol as p
-from pipeline.process_stats import process_tree_stats
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.processes.stats import process_tree_stats
+from pipeline.wire import protocol as p
 from service_support import run, speak
 
 pytestmark = pytest.mark.slow

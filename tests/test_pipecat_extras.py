@@ -29,8 +29,8 @@ def test_the_extras_are_declared_and_the_core_does_not_require_them():
 
 
 def test_the_core_never_imports_an_integration():
-    core = ["pipeline.cli", "pipeline.client", "pipeline.coordinator.shell", "pipeline.supervisor", "pipeline.gateway.app",
-            "pipeline.service_process", "workers.sink", "pipeline.integrations", "pipeline.integrations.wyoming_cli"]
+    core = ["pipeline.cli", "pipeline.client", "pipeline.coordinator.shell", "pipeline.processes.supervisor", "pipeline.gateway.app",
+            "pipeline.processes.service_process", "workers.sink", "pipeline.integrations", "pipeline.integrations.wyoming_cli"]
     code = (f"import sys\nfor m in {core!r}: __import__(m)\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pipecat', 'wyoming', 'torch'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

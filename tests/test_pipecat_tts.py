@@ -15,9 +15,19 @@ from dataclasses import dataclass, field
 
 import pytest
 from loguru import logger
-from pipecat.frames.frames import (ErrorFrame, Frame, InterruptionFrame, LLMFullResponseEndFrame,
-                                   LLMFullResponseStartFrame, LLMTextFrame, MetricsFrame, TTSAudioRawFrame,
-                                   TTSSpeakFrame, TTSStartedFrame, TTSStoppedFrame)
+from pipecat.frames.frames import (
+    ErrorFrame,
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    MetricsFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
 from pipecat.metrics.metrics import TTFBMetricsData
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -25,9 +35,9 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from integration_services import forced_samples
-from pipeline.chunker import split_text
 from pipeline.integrations.pipecat_tts import XttsStreamTTSService
 from pipeline.settings import load_settings
+from pipeline.text.chunker import split_text
 from service_support import run, speak
 
 pytestmark = pytest.mark.slow

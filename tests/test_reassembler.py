@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.protocol import AudioPiece
-from pipeline.reassembler import Reassembler
+from pipeline.coordinator.reassembler import Reassembler
+from pipeline.wire.protocol import AudioPiece
 
 TEXT = "Hello there, friend. How are you?"
 SPANS = [(0, 12), (13, 20), (21, 33)]

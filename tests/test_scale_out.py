@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.client import Client, ServiceUnavailable
-from pipeline.process_plan import remote_worker_processes, service_processes, worker_devices
-from pipeline.process_stats import children_of
-from pipeline.runpaths import RunPaths
-from pipeline.security import client_keys, generate_keys
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.plan import remote_worker_processes, service_processes, worker_devices
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.processes.stats import children_of
 from pipeline.settings import SettingsError, load_settings
+from pipeline.wire.runpaths import RunPaths
+from pipeline.wire.security import client_keys, generate_keys
 from service_support import collect, run
 
 LONG = " ".join(f"Sentence number {i} is here, and it goes on for a while." for i in range(8))

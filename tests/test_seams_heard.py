@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from hearing import in_order_matches, load_whisper, repeats, transcribe, words
-from pipeline.chunker import split_text
 from pipeline.demo import SAMPLE
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.text.chunker import split_text
 from service_support import run, speak
 
 pytestmark = pytest.mark.slow

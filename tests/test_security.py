@@ -14,8 +14,8 @@ import zmq
 import zmq.auth
 
 from pipeline.client import Client, ServiceUnavailable
-from pipeline.security import client_keys, generate_keys, is_local_endpoint
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.wire.security import client_keys, generate_keys, is_local_endpoint
 from service_support import collect
 
 pytestmark = pytest.mark.slow

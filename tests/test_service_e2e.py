@@ -9,10 +9,10 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from pipeline.chunker import split_text
 from pipeline.client import Client
-from pipeline.codec import decode, encode
-from pipeline import protocol as p
+from pipeline.text.chunker import split_text
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import decode, encode
 from service_support import collect, run, speak
 
 pytestmark = pytest.mark.slow

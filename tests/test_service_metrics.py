@@ -7,8 +7,8 @@ import json
 import msgpack
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.coordinator.metrics import MAX_SERIES, TTFA_BUCKETS_MS, ServiceMetrics
 from pipeline.gateway.prom import render
-from pipeline.service_metrics import MAX_SERIES, TTFA_BUCKETS_MS, ServiceMetrics
 
 DONE = {"ttfa_ms": 42.0, "played_ttfa_ms": 230.0, "rtf": 0.08, "audio_s": 1.5, "profile": "fast", "underruns": 2,
         "underrun_ms": 30.0, "seam_violations": 0, "messages_dropped_slow_client": 3, "cancelled": False}

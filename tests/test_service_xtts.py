@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.chunker import split_text
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.text.chunker import split_text
 from service_support import run, speak
 
 pytestmark = pytest.mark.slow

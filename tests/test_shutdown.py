@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.client import Client, ServiceUnavailable, SyncClient
-from pipeline.process_stats import children_of
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.processes.stats import children_of
+from pipeline.processes.supervisor import Supervisor
 from pipeline.settings import load_settings
-from pipeline.supervisor import Supervisor
 from service_support import collect
 
 pytestmark = pytest.mark.slow

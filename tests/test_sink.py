@@ -19,8 +19,8 @@ import pytest
 import soundfile
 import zmq
 
-from pipeline.codec import decode, encode
-from pipeline.protocol import Audio, Message, Shutdown, SinkClose, SinkDone, SinkOpen
+from pipeline.wire.codec import decode, encode
+from pipeline.wire.protocol import Audio, Message, Shutdown, SinkClose, SinkDone, SinkOpen
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 24000

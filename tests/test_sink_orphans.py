@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import soundfile
 
-from pipeline.protocol import SinkClose
+from pipeline.wire.protocol import SinkClose
 from test_sink import make_spans, open_msg, pcm_of, sink  # noqa: F401  (the harness fixture)
 
 

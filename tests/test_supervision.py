@@ -15,7 +15,7 @@ import time
 import pytest
 
 from pipeline.client import Client, ServiceError
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.service_process import ServiceProcess
 from service_support import collect, run, speak
 
 pytestmark = pytest.mark.slow

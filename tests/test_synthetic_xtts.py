@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from workers.engines.synthetic import build_config, build_model, main
+from workers.engines.synthetic_vocab import FULL_VOCAB_SIZE, LANGUAGES, write_vocab
 from workers.engines.xtts_model import (
     CheckpointError,
     coqui_model_dir,
@@ -17,8 +19,6 @@ from workers.engines.xtts_model import (
     load_xtts,
     verify_checkpoint_dir,
 )
-from workers.synthetic import build_config, build_model, main
-from workers.synthetic_vocab import FULL_VOCAB_SIZE, LANGUAGES, write_vocab
 
 LAYOUT = ("config.json", "model.pth", "vocab.json", "speakers_xtts.pth", "mel_stats.pth", "hash.md5",
           "samples/en_sample.wav")
@@ -100,8 +100,8 @@ def test_full_size_vocab_is_accepted_by_coqui_tokenizer(tmp_path: Path) -> None:
 
 
 def test_full_size_architecture_has_the_real_dimensions() -> None:
-    from TTS.tts.models.xtts import Xtts
     from transformers.initialization import no_init_weights
+    from TTS.tts.models.xtts import Xtts
 
     config = build_config("full")
     args = config.model_args

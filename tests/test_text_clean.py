@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.text_clean import clean, is_speakable, replacement
+from pipeline.text.clean import clean, is_speakable, replacement
 
 CASES = [
     ("  a \n\t b  ", "a b"),

@@ -10,12 +10,12 @@ from wyoming.info import Info
 from wyoming.tts import SynthesizeVoice
 
 from pipeline.cli import main as cli
-from pipeline.engine_limits import xtts_char_limits
 from pipeline.integrations import wyoming_cli
 from pipeline.integrations.wyoming_cli import check_uri, require_wyoming
 from pipeline.integrations.wyoming_events import EventError, read_event
 from pipeline.integrations.wyoming_info import Catalog, VoiceRequestError
 from pipeline.settings import SettingsError
+from pipeline.text.limits import xtts_char_limits
 
 PIPER = {"serving": True, "engine": {"engine": "piper", "model": "en_US-joe-medium"}, "sample_rate": 22050}
 XTTS = {"serving": True, "engine": {"engine": "xtts-fast", "model": "XTTS-v2"}, "sample_rate": 24000}

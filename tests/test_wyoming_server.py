@@ -24,14 +24,13 @@ from wyoming.client import AsyncClient, AsyncTcpClient, AsyncUnixClient
 from wyoming.error import Error
 from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe, Info
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, \
-    SynthesizeVoice
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
 
 from integration_services import forced_samples
 from pipeline.client import Client
-from pipeline.engine_limits import xtts_char_limits
-from pipeline.service_process import ServiceProcess
+from pipeline.processes.service_process import ServiceProcess
 from pipeline.settings import load_settings
+from pipeline.text.limits import xtts_char_limits
 from service_support import run, speak
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic XTTS-v2 checkpoint directory (seed 0); treat it as read-only."""
-    from workers.synthetic import make_synthetic_checkpoint
+    from workers.engines.synthetic import make_synthetic_checkpoint
 
     return make_synthetic_checkpoint(tmp_path_factory.mktemp("xtts-tiny"), size="tiny", seed=0)
 

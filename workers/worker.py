@@ -29,9 +29,9 @@ from pathlib import Path
 
 import zmq
 
-from pipeline import protocol as p
-from pipeline.lifeline import die_with_parent
-from pipeline.runpaths import RunPaths
+from pipeline.processes.lifeline import die_with_parent
+from pipeline.wire import protocol as p
+from pipeline.wire.runpaths import RunPaths
 
 from .engines.base import Engine, JobFailed, PieceOut, SynthJob
 from .faults import Faults
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s worker[{args.name}] %(levelname)s %(name)s: %(message)s")
     link = None
     if args.connect:
-        from pipeline.security import client_keys
+        from pipeline.wire.security import client_keys
         link = Link(args.connect, client_keys(args.keys, args.key_name) if args.keys else None)
     return serve(RunPaths(args.run_dir), args.name, link, args.device, args.ready_file)
 

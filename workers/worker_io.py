@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from pipeline import protocol as p
-from pipeline.codec import DecodeError, decode, encode
-from pipeline.runpaths import unlink_ipc
-from pipeline.zmq_frames import recv_frames, send_frames
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import DecodeError, decode, encode
+from pipeline.wire.frames import recv_frames, send_frames
+from pipeline.wire.runpaths import unlink_ipc
 
 log = logging.getLogger("xtts_stream.worker")
 

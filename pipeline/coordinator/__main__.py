@@ -7,8 +7,9 @@ import asyncio
 import logging
 from pathlib import Path
 
-from ..lifeline import die_with_parent
-from ..runpaths import RunPaths
+from pipeline.processes.lifeline import die_with_parent
+from pipeline.wire.runpaths import RunPaths
+
 from .shell import CoordinatorShell
 
 log = logging.getLogger("xtts_stream.coordinator")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from ..chunker import base_language
-from ..protocol import Open, Speak
-from ..settings import Profile, Settings, SettingsError
+from pipeline.settings import Profile, Settings, SettingsError
+from pipeline.text.chunker import base_language
+from pipeline.wire.protocol import Open, Speak
 
 DELIVERIES = ("client", "none", "speakers")
 MAX_PATH_PARTS = 8  # directories a wav: or voice path may name

@@ -20,7 +20,7 @@ from typing import Callable
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from ..zmq_frames import readable
+from pipeline.wire.frames import readable
 
 log = logging.getLogger("xtts_stream.coordinator")
 

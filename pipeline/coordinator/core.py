@@ -17,12 +17,14 @@ import time
 from collections import Counter, OrderedDict
 from typing import Any
 
-from .. import protocol as p
-from ..chunker import Chunk, Chunker
-from ..codec import DecodeError, decode
-from ..service_metrics import ServiceMetrics
-from ..settings import Settings
+from pipeline.settings import Settings
+from pipeline.text.chunker import Chunk, Chunker
+from pipeline.text.limits import forced_tokens
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import DecodeError, decode
+
 from .admission import Refused, delivery_for, language_for, profile_for, voice_for
+from .metrics import ServiceMetrics
 from .stream import Stream
 from .workers import WorkerHandle, WorkerRegistry
 
@@ -255,7 +257,7 @@ class CoordinatorCore:
         st.register(chunk, now)
         st.estimate(chunk)
         per_char = self.svc.forced_tokens_per_char
-        forced = max(2, round(per_char * len(chunk.text))) if per_char > 0 else 0
+        forced = forced_tokens(chunk.text, per_char) if per_char > 0 else 0
         st.waiting.append(p.SynthChunk(
             stream=st.sid, epoch=st.epoch, chunk_index=chunk.index, text=chunk.text, language=st.language,
             voice=st.voice, sampling=st.profile.sampling(), priority=chunk.index, forced_tokens=forced))

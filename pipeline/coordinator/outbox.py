@@ -16,8 +16,8 @@ from typing import Any
 
 import zmq
 
-from ..protocol import Audio, Message
-from ..zmq_frames import send_frames
+from pipeline.wire.frames import send_frames
+from pipeline.wire.protocol import Audio, Message
 
 MAX_CONTROL = 256  # non-audio replies held per client (one that only sends and never reads)
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from ..playback import PlaybackClock
-from ..protocol import BYTES_PER_SAMPLE
-from ..reassembler import Span
+from pipeline.playback import PlaybackClock
+from pipeline.wire.protocol import BYTES_PER_SAMPLE
 
+from .reassembler import Span
 
 SLACK_SAMPLES = 8
 # A tick that fires this much before a grid point counts as on it (timers fire a little early or late).

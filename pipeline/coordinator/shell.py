@@ -26,12 +26,13 @@ from typing import Any
 
 import zmq
 
-from .. import protocol as p
-from ..codec import DecodeError, decode, encode
-from ..runpaths import RunPaths, unlink_ipc
-from ..security import apply_server_security
-from ..settings import Settings
-from ..zmq_frames import readable, recv_frames, send_frames
+from pipeline.settings import Settings
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import DecodeError, decode, encode
+from pipeline.wire.frames import readable, recv_frames, send_frames
+from pipeline.wire.runpaths import RunPaths, unlink_ipc
+from pipeline.wire.security import apply_server_security
+
 from .connections import Connections
 from .core import CLIENT, KILL, SINK, WORKER, CoordinatorCore
 from .outbox import ClientOutbox

@@ -11,12 +11,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..chunker import Chunk, Chunker
-from ..playback import PlaybackClock
-from ..protocol import Audio, ChunkInfo, Message
-from ..reassembler import Reassembler, Span
-from ..settings import Profile
+from pipeline.playback import PlaybackClock
+from pipeline.settings import Profile
+from pipeline.text.chunker import Chunk, Chunker
+from pipeline.wire.protocol import Audio, ChunkInfo, Message
+
 from .pacing import Pacer
+from .reassembler import Reassembler, Span
 
 CLIENT_DELIVERIES = ("client", "none")  # audio goes (or would go) back on the client's connection
 MAX_MESSAGE_PCM = 65536  # bytes of audio joined into one message (a piece larger than this goes alone)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..protocol import Heartbeat, Ready, SynthChunk
+from pipeline.wire.protocol import Heartbeat, Ready, SynthChunk
 
 log = logging.getLogger("xtts_stream.workers")
 

@@ -16,8 +16,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from ..client import ServiceError
-from ..settings import Settings
+from pipeline.client import ServiceError
+from pipeline.settings import Settings
+
 from .auth import CALLER_SCOPE_KEY, BearerAuth
 from .backend import Backend
 from .errors import ApiError, from_service

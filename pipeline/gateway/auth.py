@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..settings import SettingsError
+from pipeline.settings import SettingsError
 
 MIN_KEY_CHARS = 16
 CALLER_SCOPE_KEY = "xtts_stream.caller"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import protocol as p
-from ..client import Client, ServiceError, ServiceUnavailable
-from ..settings import Settings
+from pipeline.client import Client, ServiceError, ServiceUnavailable
+from pipeline.settings import Settings
+from pipeline.wire import protocol as p
 
 STATUS_TIMEOUT_S = 2.0
 
@@ -23,7 +23,7 @@ class Backend:
         self.endpoint = svc.client_endpoint
         self.curve: dict[str, Any] = {}
         if svc.curve_keys_dir:
-            from ..security import client_keys
+            from pipeline.wire.security import client_keys
             server_key, pair = client_keys(svc.curve_keys_dir)
             self.curve = {"curve_server_key": server_key, "curve_client_keys": pair}
         # An open stream may wait for text up to the service's idle timeout; the

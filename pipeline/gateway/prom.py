@@ -1,7 +1,7 @@
 """`GET /metrics`: the coordinator's service-wide figures in Prometheus's text format.
 
 The coordinator keeps the figures for every client, ZeroMQ and HTTP alike
-(`pipeline/service_metrics.py`) and sends a snapshot in its status reply; a
+(`pipeline/coordinator/metrics.py`) and sends a snapshot in its status reply; a
 `prometheus_client` collector turns that snapshot into metric families at each
 scrape. Latencies arrive in milliseconds and are exposed in seconds, as
 Prometheus names them.

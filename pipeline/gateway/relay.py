@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..client import ServiceError, Utterance, within
-from ..protocol import Accepted, ChunkInfo
+from pipeline.client import ServiceError, Utterance, within
+from pipeline.wire.protocol import Accepted, ChunkInfo
 
 log = logging.getLogger("xtts_stream.gateway")
 CANCEL_PATIENCE_S = 1.0  # a cancel that cannot even be sent (no coordinator) is given up

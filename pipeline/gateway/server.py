@@ -23,11 +23,12 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from ..lifeline import die_with_parent
-from .. import protocol as p
-from ..codec import DecodeError, decode
-from ..runpaths import RunPaths, unlink_ipc
-from ..settings import SettingsError
+from pipeline.processes.lifeline import die_with_parent
+from pipeline.settings import SettingsError
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import DecodeError, decode
+from pipeline.wire.runpaths import RunPaths, unlink_ipc
+
 from . import ADDR_FILE
 from .app import Gateway, build_app
 from .auth import check_listen_allowed, parse_listen

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..client import Client
+from pipeline.client import Client
 
 
 def make_client(endpoint: str, keys_dir: str | None = None, timeout_s: float = 60.0) -> Client:
     """A client of the service at ``endpoint``; ``keys_dir`` is a directory made by `xtts-stream keys`."""
     curve = {}
     if keys_dir:
-        from ..security import client_keys
+        from pipeline.wire.security import client_keys
         server_key, pair = client_keys(keys_dir)
         curve = {"curve_server_key": server_key, "curve_client_keys": pair}
     return Client(endpoint, timeout_s=timeout_s, **curve)

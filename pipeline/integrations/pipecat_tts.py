@@ -39,7 +39,8 @@ except ModuleNotFoundError as exc:  # say how to get it, not just what is missin
     raise ModuleNotFoundError(f"{exc}; XttsStreamTTSService needs pip install 'xtts-stream[pipecat]'",
                               name=exc.name) from exc
 
-from ..client import Client, ServiceError, Utterance
+from pipeline.client import Client, ServiceError, Utterance
+
 from .connection import make_client, service_language
 
 

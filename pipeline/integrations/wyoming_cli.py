@@ -16,9 +16,9 @@ import logging
 import sys
 from urllib.parse import urlparse
 
-from ..lifeline import die_with_parent
-from ..security import is_local_endpoint
-from ..settings import SettingsError, load_settings
+from pipeline.processes.lifeline import die_with_parent
+from pipeline.settings import SettingsError, load_settings
+from pipeline.wire.security import is_local_endpoint
 
 DEFAULT_URI = "tcp://127.0.0.1:10200"
 
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     endpoint = args.endpoint or settings.service.client_endpoint
     keys = args.keys or settings.service.curve_keys_dir or None
-    from ..client import ServiceUnavailable
+    from pipeline.client import ServiceUnavailable
+
     from .wyoming_server import serve
     try:
         asyncio.run(serve(args.uri, endpoint, keys, args.profile, args.ready_timeout, args.ctl,

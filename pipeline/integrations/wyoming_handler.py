@@ -27,7 +27,8 @@ from wyoming.info import Describe
 from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
-from ..client import Client, ServiceError, Utterance
+from pipeline.client import Client, ServiceError, Utterance
+
 from .wyoming_events import EventError, read_event
 from .wyoming_info import Catalog, VoiceRequestError
 

@@ -17,7 +17,8 @@ from typing import Any
 from wyoming.info import Attribution, Info, TtsProgram, TtsVoice, TtsVoiceSpeaker
 from wyoming.tts import SynthesizeVoice
 
-from ..engine_limits import xtts_char_limits
+from pipeline.text.limits import xtts_char_limits
+
 from .connection import service_language
 
 log = logging.getLogger("xtts_stream.wyoming")

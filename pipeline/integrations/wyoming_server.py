@@ -17,9 +17,10 @@ import zmq
 import zmq.asyncio
 from wyoming.server import AsyncServer
 
-from .. import protocol as p
-from ..codec import DecodeError, decode
-from ..runpaths import unlink_ipc
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import DecodeError, decode
+from pipeline.wire.runpaths import unlink_ipc
+
 from .connection import make_client
 from .wyoming_handler import SpeechHandler, SpeechService
 from .wyoming_info import Catalog

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from workers.engines.base import SynthJob
+from .base import SynthJob
 
 
 def is_cancelled(job: SynthJob, stream: str, below_epoch: int | None) -> bool:

@@ -15,12 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
-TOKENS_PER_CHAR = 1.54
-
-
-def forced_tokens(text: str, tokens_per_char: float = TOKENS_PER_CHAR) -> int:
-    """A realistic audio-token count for `text` (at least 1)."""
-    return max(1, round(tokens_per_char * len(text)))
+from pipeline.text.limits import TOKENS_PER_CHAR, forced_tokens  # noqa: F401 (the policy's length rule)
 
 
 def stock_stream_samples(n_tokens: int, speed: float = 1.0) -> int:

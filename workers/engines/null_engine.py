@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.engine_limits import DEFAULT_CHAR_LIMIT, xtts_char_limits
-from workers.engines.base import EngineInfo, JobFailed, PieceOut, SynthJob
+from pipeline.text.limits import DEFAULT_CHAR_LIMIT, xtts_char_limits
+
+from .base import EngineInfo, JobFailed, PieceOut, SynthJob
 
 TONE_HZ = 200
 AMPLITUDE = 0.2

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.engines.base import EngineError, EngineInfo, JobFailed, PieceOut, SynthJob, to_pcm16
-from workers.engines.job_queue import JobQueue, is_cancelled
+from .base import EngineError, EngineInfo, JobFailed, PieceOut, SynthJob, to_pcm16
+from .job_queue import JobQueue, is_cancelled
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from transformers import LogitsProcessorList
 
-from workers.engines.base import EngineError, EngineInfo, JobFailed, PieceOut, SynthJob, to_pcm16
-from workers.engines.job_queue import JobQueue, is_cancelled
-from workers.engines.length_policy import ForcedLengthProcessor, forced_tokens
-from workers.engines.voices import VoiceCache, VoiceError, load_for_service, speaker_names
-from workers.engines.xtts_model import dtype_name
+from .base import EngineError, EngineInfo, JobFailed, PieceOut, SynthJob, to_pcm16
+from .job_queue import JobQueue, is_cancelled
+from .length_policy import ForcedLengthProcessor, forced_tokens
+from .voices import VoiceCache, VoiceError, load_for_service, speaker_names
+from .xtts_model import dtype_name
 
 log = logging.getLogger(__name__)
 

@@ -27,16 +27,15 @@ import torch
 
 from workers.engines.base import EngineInfo, JobFailed, PieceOut, SynthJob
 from workers.engines.voices import speaker_names
-from workers.engines.xtts_fast.batcher import Batcher, Running
-from workers.engines.xtts_fast.frames import FrameChain
-from workers.engines.xtts_fast.gpt_decoder import GptDecoder, device_tensor
-from workers.engines.xtts_fast.graphs import DecodeRunner
-from workers.engines.xtts_fast.sampling import Sampler, SamplingParams
-from workers.engines.xtts_fast.pieces import PieceDispatcher
-from workers.engines.xtts_fast.scheduling import FirstPiecesFirst, urgent
-from workers.engines.xtts_fast.vocoder import (
-    IncrementalVocoder, VocoderSettings, VocoderStream, fold_weight_norm, window_widths,
-)
+
+from .batcher import Batcher, Running
+from .frames import FrameChain
+from .gpt_decoder import GptDecoder, device_tensor
+from .graphs import DecodeRunner
+from .pieces import PieceDispatcher
+from .sampling import Sampler, SamplingParams
+from .scheduling import FirstPiecesFirst, urgent
+from .vocoder import IncrementalVocoder, VocoderSettings, VocoderStream, fold_weight_norm, window_widths
 
 log = logging.getLogger("xtts_stream.xtts_fast")
 

@@ -13,7 +13,7 @@ import bisect
 
 import torch
 
-from workers.engines.xtts_fast.gpt_decoder import GptDecoder
+from .gpt_decoder import GptDecoder
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

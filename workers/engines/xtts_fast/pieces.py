@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from workers.engines.base import PieceOut, to_pcm16
-from workers.engines.xtts_fast.batcher import Running
-from workers.engines.xtts_fast.scheduling import TOKEN_S
-from workers.engines.xtts_fast.scheduling import urgent as is_urgent
-from workers.engines.xtts_fast.vocoder import IncrementalVocoder, PieceAudio, PieceRequest, VocoderStream
+
+from .batcher import Running
+from .scheduling import TOKEN_S
+from .scheduling import urgent as is_urgent
+from .vocoder import IncrementalVocoder, PieceAudio, PieceRequest, VocoderStream
 
 
 @dataclass

@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from workers.engines.base import SynthJob
-from workers.engines.xtts_fast.batcher import Batcher
+
+from .batcher import Batcher
 
 URGENT_S = 0.5  # a later chunk this close to its stream's underrun is not held back
 TOKEN_S = 1024 / 22050  # audio per GPT token at speed 1 (XTTS-v2's code stride at 22.05 kHz); / speed

@@ -21,13 +21,12 @@ final piece ends at `FrameChain.samples(n_latents)`, nothing is emitted twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import bisect
+from dataclasses import dataclass, field
 
 import torch
 
-from workers.engines.xtts_fast.frames import HOP, FrameChain
+from .frames import HOP, FrameChain
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """Engine benchmark: stock coqui-tts streaming vs the fast path, in the same run, same checkpoint.
 
-    python -m workers.bench_engine --tiny              # CPU, tiny checkpoint, about a minute
-    python -m workers.bench_engine                     # full-size synthetic checkpoint, built on the fly
-    python -m workers.bench_engine --checkpoint DIR --out bench/results/engine.json
+    python -m bench.engine --tiny              # CPU, tiny checkpoint, about a minute
+    python -m bench.engine                     # full-size synthetic checkpoint, built on the fly
+    python -m bench.engine --checkpoint DIR --out bench/results/engine.json
 
 Measured at the engine seam (job added -> first piece out), lengths forced to
 ~1.54 audio tokens per character: TTFA p50/p95, RTF of a 39-char sentence and a
 ~600-char paragraph (chunked as the service chunks it), a concurrency sweep
-(aggregate RTF, p95 TTFA, underruns at a 200 ms pre-buffer on a real-time clock
-per stream), TTFA against first-chunk length, GPT decode step time per batch,
+(aggregate RTF, p95 TTFA, underruns at a 200 ms pre-buffer counted by the
+service's own PlaybackClock, pieces released in order as the reassembler does), TTFA against first-chunk length, GPT decode step time per batch,
 vocoder piece time and peak GPU memory. Every stage has a time budget; a stage
 that runs out stops early and says so, so the whole run stays within --budget-s.
 """
@@ -26,6 +26,10 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from pipeline.text.chunker import split_text
+
+from .stats import slug
 
 SENTENCE = "The otherworldly light spilled over us."  # 39 characters
 PARAGRAPH = (
@@ -53,12 +57,8 @@ def plan(tiny: bool) -> dict[str, Any]:
 
 
 def chunks_of(text: str) -> list[str]:
-    try:
-        from pipeline.chunker import split_text
-        return [c.text for c in split_text(text, "fast")]
-    except ImportError:  # the chunker is not there: sentence split
-        import re
-        return [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+    """The text cut as the service cuts it under the FAST profile."""
+    return [c.text for c in split_text(text, "fast")]
 
 
 def text_of_length(n: int) -> str:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_s:
         p["budget_s"] = args.budget_s
 
-    from workers.engines.xtts_fast import bench_runs as br
+    from bench import engine_runs as br
 
     threads = args.threads or (1 if args.tiny else None)
     if threads:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from workers.synthetic import make_synthetic_checkpoint
+        from workers.engines.synthetic import make_synthetic_checkpoint
         t = time.perf_counter()
         checkpoint = str(make_synthetic_checkpoint(Path(tempfile.mkdtemp(prefix="xtts-bench-")), size=p["size"]))
         report["stages_s"]["build_checkpoint"] = time.perf_counter() - t
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         br.free_device(env)
 
-    fast_args = (checkpoint, env, p, SENTENCE, chunks, STREAM_TEXT, text_of_length, PREBUFFER_MS)
+    fast_args = (checkpoint, env, p, SENTENCE, chunks, chunks_of(STREAM_TEXT), text_of_length, PREBUFFER_MS)
     t = time.perf_counter()
     chosen = {k: int(v) if v.isdigit() else v for k, _, v in (s.partition("=") for s in args.set)}
     for attempt, fallback in enumerate(({}, {"use_graphs": False, "overlap_vocoder": False})):
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     report["stages_s"]["fast"] = time.perf_counter() - t
     report["comparison"] = compare(report)
 
-    out = args.out or Path("bench/results") / f"engine-{_slug(env['device_name'])}-{dt.date.today().isoformat()}.json"
+    out = args.out or Path("bench/results") / f"engine-{slug(env['device_name'])}-{dt.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
     plot(report, out.with_suffix(".png"), log)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare(report: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers against issue 4's targets."""
+    """The headline numbers against the fast path's targets (docs/benchmarks.md)."""
     fast, stock = report.get("fast", {}), report.get("stock", {})
     f_ttfa = (fast.get("ttfa_sentence") or {}).get("p50_ms")
     s_ttfa = (stock.get("ttfa_sentence") or {}).get("p50_ms")
@@ -201,10 +201,6 @@ def plot(report: dict[str, Any], path: Path, log) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
 if __name__ == "__main__":

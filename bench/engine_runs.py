@@ -1,4 +1,4 @@
-"""Measurements for `workers/bench_engine.py`: stock coqui-tts streaming and the fast engine.
+"""Measurements for `bench/engine.py`: stock coqui-tts streaming and the fast engine.
 
 Every measurement takes a `Clock` and stops early (saying so in its result) when
 the clock's stage budget runs out, so a GPU run cannot overrun its slot. Lengths
@@ -7,15 +7,17 @@ are forced (random weights stop at random): ~1.54 audio tokens per character.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
+from pipeline.playback import PlaybackClock
 from workers.engines.base import JobFailed, PieceOut, SynthJob
 from workers.engines.length_policy import ForcedLengthProcessor, forced_tokens
+
+from .stats import pct, summary_ms
 
 SR = 24000
 
@@ -37,18 +39,6 @@ class Clock:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
-def summary_ms(values_s: list[float]) -> dict[str, Any]:
-    ms = [v * 1000 for v in values_s]
-    return {"n": len(ms), "p50_ms": pct(ms, 50), "p95_ms": pct(ms, 95), "mean_ms": statistics.fmean(ms) if ms else None}
 
 
 # -- stock coqui-tts ------------------------------------------------------------------------
@@ -141,28 +131,21 @@ def run_streams(engine: Any, streams: dict[str, list[str]], sampling: dict[str, 
 
 
 def playback(arrivals: list[Arrival], t0: float, prebuffer_ms: float) -> dict[str, Any]:
-    """Play a stream's pieces in order on a real-time clock after the pre-buffer; count underruns."""
+    """Play one stream's pieces as the service does: a piece is released once every piece before it (chunk,
+    then sample order) has come, as the reassembler releases it, and the service's `PlaybackClock` - the one
+    the service benches read - counts the underruns."""
     pieces = sorted(arrivals, key=lambda a: (a.chunk, a.offset))
     if not pieces:
         return {"ttfa_s": None, "underruns": None, "audio_s": 0.0}
-    need = prebuffer_ms / 1000 * SR
-    total = sum(p.samples for p in pieces)
-    have, start = 0, None
-    for p in sorted(pieces, key=lambda a: a.t):  # the pre-buffer fills in arrival order, not play order
-        have += p.samples
-        if have >= min(need, total):
-            start = p.t
-            break
-    # Pieces of one chunk arrive in order and chunks are played in order: play time is cumulative.
-    clock, underruns = start, 0
-    for p in pieces:
-        if p.t > clock + 1e-9:
-            underruns += 1
-            clock = p.t
-        clock += p.samples / SR
-    first = min(a.t for a in pieces if a.chunk == 0) if any(a.chunk == 0 for a in pieces) else None
-    return {"ttfa_s": None if first is None else first - t0, "underruns": underruns, "audio_s": total / SR,
-            "end_s": max(a.t for a in pieces) - t0}
+    clock = PlaybackClock(SR, prebuffer_ms, t_accept=t0)
+    released = t0
+    for seq, piece in enumerate(pieces):
+        released = max(released, piece.t)
+        clock.accept(0, seq, piece.samples, released)
+    clock.close(released)
+    first = clock.first_arrival if pieces[0].chunk == 0 else None
+    return {"ttfa_s": None if first is None else first - t0, "underruns": clock.underruns,
+            "audio_s": clock.samples / SR, "end_s": released - t0}
 
 
 def fast_rtf(engine: Any, chunks: list[str], sampling: dict[str, Any], clock: Clock) -> dict[str, Any]:
@@ -341,7 +324,7 @@ def bench_stock(checkpoint: str, env: dict[str, Any], p: dict[str, Any], sentenc
 
 
 def bench_fast(checkpoint: str, env: dict[str, Any], p: dict[str, Any], sentence: str, chunks: list[str],
-               stream_text: str, text_of_length: Callable[[int], str], prebuffer_ms: float, overrides: dict[str, Any],
+               stream_chunks: list[str], text_of_length: Callable[[int], str], prebuffer_ms: float, overrides: dict[str, Any],
                clock: Clock, log: Callable[[str], None]) -> dict[str, Any]:
     from workers.engines.xtts_fast.engine import FastSettings, FastXttsEngine
     from workers.engines.xtts_model import load_xtts, resolve_dtype
@@ -379,7 +362,7 @@ def bench_fast(checkpoint: str, env: dict[str, Any], p: dict[str, Any], sentence
         text = text_of_length(length)
         out["ttfa_by_length"].append(
             ttfa_series(lambda i: first_piece_only(engine, text, sampling, share, f"L{length}.{i}"), 3, share, text))
-    out["concurrency"] = concurrency(engine, p["levels"], chunks_for_streams(stream_text), sampling, prebuffer_ms,
+    out["concurrency"] = concurrency(engine, p["levels"], stream_chunks, sampling, prebuffer_ms,
                                      p["level_s"], clock)
     for row in out["concurrency"]:
         log(f"fast: {row}")
@@ -388,8 +371,3 @@ def bench_fast(checkpoint: str, env: dict[str, Any], p: dict[str, Any], sentence
     engine.close()
     del engine, model
     return out
-
-
-def chunks_for_streams(text: str) -> list[str]:
-    from workers.bench_engine import chunks_of
-    return chunks_of(text)

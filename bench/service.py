@@ -12,9 +12,11 @@ import asyncio
 import time
 from typing import Any
 
-from .client import Client, ServiceError
-from .process_stats import process_tree_stats
-from .service_process import ServiceProcess
+from pipeline.client import Client, ServiceError
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.processes.stats import process_tree_stats
+
+from .stats import pct
 
 SENTENCE = "The old lighthouse keeper lit the lamp."  # 39 characters
 PARAGRAPH = (
@@ -27,13 +29,6 @@ PARAGRAPH = (
     "began to run, and one by one we walked down to the harbour to see for ourselves."
 )
 
-
-def pct(values: list[float], q: float) -> float | None:
-    """The one percentile rule of the benches: nearest rank on the sorted values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 3)
 
 
 async def _one(client: Client, text: str, paced: bool = False, **kwargs: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from pipeline.protocol import BYTES_PER_SAMPLE
+from pipeline.wire.protocol import BYTES_PER_SAMPLE
 
 # Audio can arrive much faster than real time; beyond this much unplayed audio
 # the sink drops blocks rather than grow without bound.

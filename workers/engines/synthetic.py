@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from workers.synthetic_vocab import FULL_VOCAB_SIZE, write_vocab
+from .synthetic_vocab import FULL_VOCAB_SIZE, write_vocab
 
 # Released XTTS-v2 model_args; sizes override only the GPT's width and depth.
 V2_MODEL_ARGS: dict[str, Any] = {

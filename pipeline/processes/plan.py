@@ -15,8 +15,8 @@ import sys
 from collections import deque
 from dataclasses import dataclass, field
 
-from .runpaths import RunPaths
-from .settings import ServiceSettings, SettingsError
+from pipeline.settings import ServiceSettings, SettingsError
+from pipeline.wire.runpaths import RunPaths
 
 log = logging.getLogger("xtts_stream.supervisor")
 

@@ -27,10 +27,11 @@ from typing import Any
 
 import zmq
 
-from pipeline.codec import DecodeError, decode, encode
-from pipeline.lifeline import die_with_parent
-from pipeline.protocol import Audio, Shutdown, SinkClose, SinkDone, SinkOpen
-from workers.sink_stream import SinkStream
+from pipeline.processes.lifeline import die_with_parent
+from pipeline.wire.codec import DecodeError, decode, encode
+from pipeline.wire.protocol import Audio, Shutdown, SinkClose, SinkDone, SinkOpen
+
+from .stream import SinkStream
 
 log = logging.getLogger("xtts_stream.sink")
 
@@ -335,6 +336,3 @@ def main(argv: list[str] | None = None) -> int:
         sink.close()
         ctx.term()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

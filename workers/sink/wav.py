@@ -14,7 +14,7 @@ import os
 import wave
 from typing import BinaryIO
 
-from pipeline.protocol import BYTES_PER_SAMPLE
+from pipeline.wire.protocol import BYTES_PER_SAMPLE
 
 log = logging.getLogger("xtts_stream.sink")
 

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .stats import slug
+
 RESULTS = Path("bench/results")
 FORCED = "1.54"  # audio tokens per character, as real XTTS speaks (docs/benchmarks.md)
 # The service and soak benches measure the ZeroMQ path, as before the gateway
@@ -36,18 +38,14 @@ def device_name() -> str:
     return "cpu"
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-
-
 def bench_chunker(args) -> dict[str, Any]:
-    from .bench_chunker import run
+    from bench.chunker import run
     return run(quick=args.tiny)
 
 
 def bench_engine(args) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp()) / "engine.json"
-    cmd = [sys.executable, "-m", "workers.bench_engine", "--out", str(out)]
+    cmd = [sys.executable, "-m", "bench.engine", "--out", str(out)]
     cmd += ["--tiny"] if args.tiny else []
     cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else []
     subprocess.run(cmd, check=True)
@@ -55,13 +53,13 @@ def bench_engine(args) -> dict[str, Any]:
 
 
 def bench_service(args) -> dict[str, Any]:
-    from .bench_datapath import run_datapath_bench
-    from .bench_service import run_service_bench
+    from bench.datapath import run_datapath_bench
+    from bench.service import run_service_bench
     results: dict[str, Any] = {}
     if args.engine in (None, "null"):
         results["null_datapath"] = run_datapath_bench("null", tiny=args.tiny)
     if args.engine in (None, "piper"):
-        from .bench_service import PARAGRAPH  # 8 streams of 40 s each: enough CPU time to measure
+        from bench.service import PARAGRAPH  # 8 streams of 40 s each: enough CPU time to measure
         results["piper_datapath"] = run_datapath_bench("piper", levels=[8], tiny=args.tiny,
                                                        text=PARAGRAPH[:200] if args.tiny else PARAGRAPH)
     if args.engine is None and (args.tiny or not args.checkpoint):
@@ -84,17 +82,17 @@ def bench_service(args) -> dict[str, Any]:
 
 
 def _tiny_checkpoint() -> str:
-    from workers.synthetic import make_synthetic_checkpoint
+    from workers.engines.synthetic import make_synthetic_checkpoint
     return str(make_synthetic_checkpoint(Path(tempfile.mkdtemp(prefix="xtts-tiny-")), size="tiny"))
 
 
 def bench_soak(args) -> dict[str, Any]:
-    from .bench_service import run_soak
+    from bench.service import run_soak
     return run_soak(clients=8, requests=10 if args.tiny else 100, serve_args=("--engine", "piper", *NO_HTTP))
 
 
 def bench_gateway(args) -> dict[str, Any]:
-    from .bench_gateway import run_gateway_bench
+    from bench.gateway import run_gateway_bench
     return run_gateway_bench(("--engine", "piper"), pairs=20 if args.tiny else 60)
 
 
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {name} failed: {exc}", file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     engine = f"-{args.engine}" if args.engine else ""
-    stem = f"{'-'.join(which)}{engine}-{_slug(device)}{'-tiny' if args.tiny else ''}-{dt.date.today().isoformat()}"
+    stem = f"{'-'.join(which)}{engine}-{slug(device)}{'-tiny' if args.tiny else ''}-{dt.date.today().isoformat()}"
     path = args.out / f"{stem}.json"
     path.write_text(json.dumps(report, indent=2, sort_keys=True))
     (args.out / "service-partial.json").unlink(missing_ok=True)  # the whole report now holds it
@@ -186,6 +184,3 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import Settings, settings_from_dict
+from pipeline.settings import Settings, settings_from_dict
 
 log = logging.getLogger("xtts_stream.runpaths")
 

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import BYTES_PER_SAMPLE, AudioPiece
+from pipeline.wire.protocol import BYTES_PER_SAMPLE, AudioPiece
 
 log = logging.getLogger("xtts_stream.reassembler")
 

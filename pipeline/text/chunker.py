@@ -37,12 +37,12 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .chunk_budget import checked_engine_speed, chunk_budget
-from .engine_limits import char_limit
-from .settings import Profile, load_settings
-from .text_clean import clean, is_speakable, replacement
-from .text_rules import (ATTACHED, CLAUSE, MARKS, SENTENCE, TOO_LONG, WORD, classify_mark, is_cjk, mark_run_end,
-                         rules_for)
+from pipeline.settings import Profile, load_settings
+
+from .budget import checked_engine_speed, chunk_budget
+from .clean import clean, is_speakable, replacement
+from .limits import char_limit
+from .rules import ATTACHED, CLAUSE, MARKS, SENTENCE, TOO_LONG, WORD, classify_mark, is_cjk, mark_run_end, rules_for
 
 log = logging.getLogger("xtts_stream.chunker")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .settings import Profile
+from pipeline.settings import Profile
 
 
 def chunk_budget(profile: Profile, engine_chars_per_s: float, spoken: int, first: int) -> int:

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .bench_service import pct
-from .client import Client, ServiceError
-from .process_stats import children_of, stats
-from .service_process import ServiceProcess
+from pipeline.client import Client, ServiceError
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.processes.stats import children_of, stats
+
+from .stats import pct
 
 TEXT = ("The wind turned, and the tide began to run. We walked down to the harbour together, "
         "and nobody said a word.")  # about 7 s of audio at 14 characters a second

@@ -23,10 +23,12 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from .bench_service import SENTENCE, pct
-from .client import Client
-from .process_stats import process_tree_stats
-from .service_process import ServiceProcess
+from pipeline.client import Client
+from pipeline.processes.service_process import ServiceProcess
+from pipeline.processes.stats import process_tree_stats
+
+from .service import SENTENCE
+from .stats import pct
 
 
 class HttpProbe:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .client import ServiceUnavailable, SyncClient
+from pipeline.client import ServiceUnavailable, SyncClient
 
 
 class ServiceProcess:

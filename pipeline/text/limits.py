@@ -23,11 +23,20 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
-log = logging.getLogger("xtts_stream.engine_limits")
+log = logging.getLogger("xtts_stream.text.limits")
 
 DEFAULT_CHAR_LIMIT = 250
 # One input character can clean to three ("…" -> "..."); a limit must leave room for words.
 MIN_CHAR_LIMIT = 16
+# Real XTTS speaks about 14 characters a second; an audio token is 1024 samples at 22050 Hz.
+TOKENS_PER_CHAR = 1.54
+
+
+def forced_tokens(text: str, tokens_per_char: float = TOKENS_PER_CHAR) -> int:
+    """How many audio tokens a random-weight checkpoint is made to emit for ``text`` under the benchmarks'
+    length policy (see workers/engines/length_policy.py): a realistic count, and always at least one
+    token of audio before the stop token."""
+    return max(2, round(tokens_per_char * len(text)))
 _TOKENIZER_FILE = ("tts", "layers", "xtts", "tokenizer.py")
 
 

@@ -27,13 +27,14 @@ from typing import Callable
 
 import zmq
 
-from . import protocol as p
-from .codec import encode
-from .gateway import ADDR_FILE, read_url
+from pipeline.gateway import ADDR_FILE, read_url
+from pipeline.settings import Settings
+from pipeline.wire import protocol as p
+from pipeline.wire.codec import encode
+from pipeline.wire.runpaths import RUN_DIR_PREFIX, RunPaths, remove_stale_run_dirs, unlink_ipc
+
 from .lifeline import PARENT_ENV
-from .process_plan import Managed, service_processes
-from .runpaths import RUN_DIR_PREFIX, RunPaths, remove_stale_run_dirs, unlink_ipc
-from .settings import Settings
+from .plan import Managed, service_processes
 
 log = logging.getLogger("xtts_stream.supervisor")
 

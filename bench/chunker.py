@@ -23,7 +23,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .chunker import Chunker, split_text
+from pipeline.text.chunker import Chunker, split_text
+
+from .stats import pct
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 
@@ -88,12 +90,11 @@ def time_feed(parts: list[str]) -> dict[str, float]:
         chunker.feed(part)
         costs.append(clock() - t0)
     chunker.flush()
-    costs.sort()
     return {
         "deltas": len(parts),
         "mean_us": round(statistics.fmean(costs) / 1000, 2),
-        "p99_us": round(costs[int(0.99 * (len(costs) - 1))] / 1000, 2),
-        "p999_us": round(costs[int(0.999 * (len(costs) - 1))] / 1000, 2),
+        "p99_us": round(pct(costs, 99) / 1000, 2),
+        "p999_us": round(pct(costs, 99.9) / 1000, 2),
     }
 
 

@@ -1,7 +1,7 @@
 """The one codec: protocol messages <-> ZeroMQ frames.
 
 ``encode`` returns ``[kind, header, *pcm]``; PCM bytes are passed through as a
-separate frame, never packed into the header (`zmq_frames.send_frames` sends
+separate frame, never packed into the header (`frames.send_frames` sends
 them). ``decode``
 checks the version, every field's type and bound, and the PCM frame's length
 against the header, and raises `DecodeError` with a message fit to send back to

@@ -11,9 +11,10 @@ import logging
 import time
 from typing import Any
 
-from pipeline.protocol import Audio, SinkOpen
-from workers.speakers import SpeakersError, SpeakersOut
-from workers.wav_out import WavOut, WavOutError
+from pipeline.wire.protocol import Audio, SinkOpen
+
+from .speakers import SpeakersError, SpeakersOut
+from .wav import WavOut, WavOutError
 
 log = logging.getLogger("xtts_stream.sink")
 

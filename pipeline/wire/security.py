@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import zmq
 import zmq.auth
 
-from .settings import SettingsError
+from pipeline.settings import SettingsError
 
 SERVER = "server"
 

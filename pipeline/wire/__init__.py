@@ -1,0 +1,1 @@
+"""The wire: every message type, the codec, ZeroMQ frames, keys and run paths."""

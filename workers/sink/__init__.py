@@ -1,0 +1,1 @@
+"""The sink process: audio played or written on the service's machine."""
