@@ -14,8 +14,9 @@ from typing import Any, Callable
 import torch
 
 from pipeline.playback import PlaybackClock
+from pipeline.text.limits import forced_tokens
 from workers.engines.base import JobFailed, PieceOut, SynthJob
-from workers.engines.length_policy import ForcedLengthProcessor, forced_tokens
+from workers.engines.length_policy import ForcedLengthProcessor
 
 from .stats import pct, summary_ms
 

@@ -110,12 +110,6 @@ class PlaybackClock:
         elapsed = now - self._anchor.time + _ON_TIME_TOLERANCE_S  # a float time a hair short of a sample
         return min(self.samples, self._anchor.sample + max(0, int(elapsed * self.sample_rate)))
 
-    def when_played(self, sample: int) -> float | None:
-        """When playback reaches ``sample`` if no underrun intervenes; None before playback starts."""
-        if self._anchor is None:
-            return None
-        return self._anchor.time + (sample - self._anchor.sample) / self.sample_rate
-
     @property
     def started(self) -> bool:
         return self._anchor is not None

@@ -253,18 +253,34 @@ def _shown(value: Any) -> str:
 # Bounds a request may not leave: beyond them a value is a mistake or an attack
 # (a speed of 1e-6 asks for a million times the audio; a block of 2**64 ms
 # cannot even be encoded).
+# The sampling bounds are checked again by every engine (a job may come from elsewhere than our
+# coordinator: a remote worker serves whoever connects to it).
+SAMPLING_BOUNDS = {
+    "first_piece_tokens": (1, 256), "piece_tokens": (1, 256), "temperature": (0.01, 5), "top_k": (0, 2000),
+    "top_p": (0.01, 1), "repetition_penalty": (0.1, 20), "speed": (0.25, 4),
+}
 _BOUNDS = {
     "first_chunk_max_chars": (1, 1000), "chunk_target_chars": (1, 2000), "chars_per_second": (1, 100),
-    "natural_pause_after_s": (0, 120), "prebuffer_ms": (0, 10000), "block_ms": (5, 1000),
-    "first_piece_tokens": (1, 256), "piece_tokens": (1, 256), "temperature": (0.01, 5), "top_k": (0, 2000),
-    "top_p": (0.01, 1), "repetition_penalty": (0.1, 20), "speed": (0.25, 4), "max_lead_s": (0, 3600),
+    "natural_pause_after_s": (0, 120), "prebuffer_ms": (0, 10000), "block_ms": (5, 1000), "max_lead_s": (0, 3600),
+    **SAMPLING_BOUNDS,
 }
 
 
+def out_of_bounds(values: Mapping[str, Any], bounds: Mapping[str, tuple[float, float]] = SAMPLING_BOUNDS) -> str:
+    """What is wrong with the first value in ``values`` that is not a number within ``bounds``, or ""."""
+    for name, (low, high) in bounds.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            return f"{name} must be between {low} and {high}, got {value!r}"
+    return ""
+
+
 def _validated(p: Profile) -> Profile:
-    for name, (low, high) in _BOUNDS.items():
-        if not low <= getattr(p, name) <= high:
-            raise SettingsError(f"profile '{p.name}': {name} must be between {low} and {high}, got {getattr(p, name)}")
+    problem = out_of_bounds(vars(p), _BOUNDS)
+    if problem:
+        raise SettingsError(f"profile '{p.name}': {problem}")
     if p.chunk_target_chars < p.first_chunk_max_chars:
         raise SettingsError(f"profile '{p.name}': chunk_target_chars must be >= first_chunk_max_chars")
     return p

@@ -324,12 +324,20 @@ def test_long_text_is_chunked_a_slice_at_a_time_and_other_clients_are_served_bet
 def test_audio_a_slow_client_could_not_take_is_counted_in_its_done():
     core = core_with()
     core.client_message(C, p.Speak(stream="s", text="Hi there.", overrides={"max_lead_s": 0}), 0.0)
-    chunks = sent(core, WORKER, p.SynthChunk)
-    audio = split(speak_all(core, chunks, 0.5, 0.0), CLIENT, p.Audio)
-    core.audio_dropped(C, audio[0])  # the shell says the client's queue was full
-    core.worker_message(W, p.Heartbeat(worker="w0"), 0.1)
+    [chunk] = sent(core, WORKER, p.SynthChunk)
+    half = RATE // 2
+    core.worker_message(W, piece(chunk, 0, 0, half, False), 0.0)
+    first = sent(core, CLIENT, p.Audio)
+    core.audio_dropped(C, first[0])  # the shell says the client's queue was full; the stream goes on
+    core.worker_message(W, piece(chunk, 1, half, half, True), 0.1)
+    out = core.take()
+    last, [done] = split(out, CLIENT, p.Audio), split(out, CLIENT, p.Done)
+    core.audio_dropped(C, last[0])  # dropped in the same batch as its done: the done is not sent yet
+    assert done.metrics["messages_dropped_slow_client"] == 2
+    assert done.metrics["audio_dropped_slow_client_s"] == pytest.approx(1.0)
+    assert core.counters["messages_dropped_slow_client"] == 2
+    core.worker_message(W, p.Heartbeat(worker="w0"), 0.2)
     assert not core.take()
-    assert core.counters["messages_dropped_slow_client"] == 1
 
 
 # -- the sink's deliveries ---------------------------------------------------------
@@ -352,8 +360,7 @@ def test_wav_delivery_goes_one_way_to_the_sink_and_done_waits_for_the_file(tmp_p
 
 def test_a_sink_restart_fails_only_the_streams_that_use_it(tmp_path):
     core = core_with(wav_dir=str(tmp_path))
-    health = lambda pid: p.StatusReply(request="supervisor", healthy=True,  # noqa: E731
-                                       state={"processes": {"sink": {"pid": pid}}})
+    health = lambda pid: p.Health(healthy=True, state={"processes": {"sink": {"pid": pid}}})  # noqa: E731
     core.supervisor_health(health(10))
     core.client_message(C, p.Speak(stream="wav", text="Hi there.", deliver="wav:a.wav"), 0.0)
     core.client_message(C, p.Speak(stream="mine", text="Hi there."), 0.0)

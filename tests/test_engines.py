@@ -9,9 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests.xtts_support import sampling, service_for
+from pipeline.text.limits import forced_tokens
+from tests.xtts_support import sampling, service_for, stock_stream_samples
 from workers.engines.base import Engine, JobFailed, PieceOut, SynthJob
-from workers.engines.length_policy import ForcedLengthProcessor, forced_tokens, stock_stream_samples
+from workers.engines.length_policy import ForcedLengthProcessor
 from workers.engines.piper_engine import PiperEngine
 from workers.engines.voices import VoiceCache, VoiceError
 from workers.engines.xtts_stock import StockXttsEngine, build_xtts_stock

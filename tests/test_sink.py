@@ -225,13 +225,19 @@ def test_close_of_an_unknown_stream_answers_with_an_error(sink):
     assert "ghost" in sink.recv_done("ghost").metrics["error"]
 
 
-def test_shutdown_on_ctl_exits_0_within_a_second_and_finalises_open_wav(sink):
-    path = sink.dir / "open.wav"
-    spans = make_spans("w", 6, seed=9)
-    sink.send(open_msg("w", f"wav:{path}"))
+def write_open(sink, stream: str, count: int, seed: int):
+    """A WAV stream opened and sent ``count`` spans, all handled, never closed: (path, spans)."""
+    path = sink.dir / f"{stream}.wav"
+    spans = make_spans(stream, count, seed=seed)
+    sink.send(open_msg(stream, f"wav:{path}"))
     for span in spans:
         sink.send(span)
     sink.round_trip()  # everything above was handled
+    return path, spans
+
+
+def test_shutdown_on_ctl_exits_0_within_a_second_and_finalises_open_wav(sink):
+    path, spans = write_open(sink, "w", 6, seed=9)
     start = time.monotonic()
     sink.ctl.send_multipart(encode(Shutdown("test")))
     assert sink.wait_exit(WAIT_S) == 0, sink.log()
@@ -251,12 +257,7 @@ def test_signal_exits_0_within_a_second(sink, signum):
 
 
 def test_wav_is_valid_even_if_the_sink_is_killed_mid_stream(sink):
-    path = sink.dir / "killed.wav"
-    spans = make_spans("k", 5, seed=10)
-    sink.send(open_msg("k", f"wav:{path}"))
-    for span in spans:
-        sink.send(span)
-    sink.round_trip()
+    path, spans = write_open(sink, "k", 5, seed=10)
     sink.proc.kill()
     sink.proc.wait(WAIT_S)
     data, _ = soundfile.read(path, dtype="int16")

@@ -35,3 +35,14 @@ def sampling(**overrides: object) -> dict:
     from pipeline.settings import load_settings
 
     return {**load_settings(env={}).profile("fast").sampling(), **overrides}
+
+
+def stock_stream_samples(n_tokens: int, speed: float = 1.0) -> int:
+    """Output samples coqui's HiFi-GAN makes from n latents (stock XTTS-v2: 22050 -> 24000 Hz).
+
+    Each latent is 1024 input samples: 4 frames of hop 256, resampled to 24 kHz
+    by linear interpolation (floored), times the vocoder's 256x upsampling.
+    `speed` != 1 first interpolates the latents (also floored).
+    """
+    latents = n_tokens if speed == 1.0 else int(n_tokens * (1.0 / max(speed, 0.05)))
+    return 256 * int(4 * latents * 24000 / 22050)

@@ -30,6 +30,7 @@ from pathlib import Path
 import zmq
 
 from pipeline.processes.lifeline import die_with_parent
+from pipeline.settings import out_of_bounds
 from pipeline.wire import protocol as p
 from pipeline.wire.runpaths import RunPaths
 
@@ -161,6 +162,10 @@ class SynthesisLoop:
                        language=msg.language, voice=msg.voice, sampling=dict(msg.sampling), priority=msg.priority,
                        forced_tokens=msg.forced_tokens or None, deadline=now + max(0.0, msg.due_ms) / 1000,
                        t_received=now)
+        problem = out_of_bounds(job.sampling)
+        if problem:  # whoever sent it, no engine is handed sampling values a profile may not hold
+            self._send_result(JobFailed(job, f"bad sampling settings: {problem}"))
+            return
         self._jobs[job.key] = job
         self.engine.add(job)
 

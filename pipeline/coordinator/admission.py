@@ -11,9 +11,8 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.settings import Profile, Settings, SettingsError
 from pipeline.text.chunker import base_language
-from pipeline.wire.protocol import Open, Speak
+from pipeline.wire.protocol import DELIVERIES, WAV_PREFIX, Open, Speak
 
-DELIVERIES = ("client", "none", "speakers")
 MAX_PATH_PARTS = 8  # directories a wav: or voice path may name
 
 
@@ -49,7 +48,7 @@ def delivery_for(msg: Speak | Open, wav_dir: str, busy: set[str]) -> tuple[str, 
     """(mode, absolute WAV path or "")."""
     if msg.deliver in DELIVERIES:
         return msg.deliver, ""
-    name = msg.deliver[4:] if msg.deliver.startswith("wav:") else ""
+    name = msg.deliver[len(WAV_PREFIX):] if msg.deliver.startswith(WAV_PREFIX) else ""
     path = inside(wav_dir, name) if name.endswith(".wav") else None
     if path is None:
         raise Refused("bad_deliver", f"deliver must be one of {', '.join(DELIVERIES)} or wav:NAME.wav (a relative "

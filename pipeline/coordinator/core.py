@@ -48,6 +48,10 @@ class CoordinatorCore:
         self.backlog: list[tuple[float, p.SynthChunk]] = []  # chunks waiting for any worker to be ready
         self.unchunked: dict[str, Stream] = {}  # streams with text waiting to be chunked, in turn order
         self.out: list[tuple[str, Any, p.Message]] = []
+        # The `done` metrics of streams that ended since the last take(), and of those in the batch the
+        # shell is sending now: audio of that batch dropped for a slow client is still counted in them.
+        self._ending: dict[tuple[bytes, str], dict[str, Any]] = {}
+        self._sending_done: dict[tuple[bytes, str], dict[str, Any]] = {}
         self.engine_info: dict[str, Any] = {}
         self.voices: list[str] = []
         self.char_limits: dict[str, int] = {}
@@ -74,6 +78,7 @@ class CoordinatorCore:
 
     def take(self) -> list[tuple[str, Any, p.Message]]:
         out, self.out = self.out, []
+        self._sending_done, self._ending = self._ending, {}
         return out
 
     def reply(self, identity: bytes, msg: p.Message) -> None:
@@ -179,7 +184,7 @@ class CoordinatorCore:
         if st.to_sink:
             self.out.append((SINK, None, p.SinkOpen(stream=sid, sample_rate=st.sample_rate,
                                                     prebuffer_ms=profile.prebuffer_ms,
-                                                    deliver=f"wav:{wav_path}" if wav_path else deliver)))
+                                                    deliver=p.WAV_PREFIX + wav_path if wav_path else deliver)))
         log.debug("stream %s opened for client %s stream %r (profile %s)", sid, identity.hex(), msg.stream, profile.name)
         return st
 
@@ -458,6 +463,7 @@ class CoordinatorCore:
         metrics["worker"] = worker.name if worker is not None else None  # the one that spoke its last chunk
         self.metrics.observe_done(metrics)
         self.reply(st.client, p.Done(stream=st.client_stream, metrics=metrics))
+        self._ending[(st.client, st.client_stream)] = metrics
         self._forget(st)
 
     # -- ending early ----------------------------------------------------------
@@ -533,6 +539,14 @@ class CoordinatorCore:
         if st is not None:
             st.samples_dropped += msg.sample_count
             st.messages_dropped += 1
+            return
+        done = self._sending_done.get((identity, msg.stream))
+        if done is not None:  # its last audio and its `done` are in the batch being sent: the done is not encoded yet
+            seconds = msg.sample_count / msg.sample_rate
+            done["audio_dropped_slow_client_s"] = round(done.get("audio_dropped_slow_client_s", 0) + seconds, 6)
+            done["messages_dropped_slow_client"] = done.get("messages_dropped_slow_client", 0) + 1
+            self.metrics.counters["audio_dropped_slow_client_s"].inc(seconds)
+            self.metrics.counters["messages_dropped_slow_client"].inc(1)
 
     def sink_unreachable(self, msg: p.Message) -> None:
         st = self.streams.get(getattr(msg, "stream", ""))
@@ -568,7 +582,7 @@ class CoordinatorCore:
             if st is not None:
                 self.fail(st, "no_worker", f"no worker became available within {timeout:.0f} s")
 
-    def supervisor_health(self, msg: p.StatusReply) -> None:
+    def supervisor_health(self, msg: p.Health) -> None:
         self.health = {"healthy": msg.healthy, **msg.state}
         sink = msg.state.get("processes", {}).get("sink", {})
         pid = sink.get("pid") if isinstance(sink, dict) else None

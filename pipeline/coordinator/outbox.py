@@ -10,7 +10,6 @@ end or refuse something are kept up to a cap so a stream never loses its
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from typing import Any
 

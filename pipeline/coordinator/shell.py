@@ -28,7 +28,7 @@ import zmq
 
 from pipeline.settings import Settings
 from pipeline.wire import protocol as p
-from pipeline.wire.codec import DecodeError, decode, encode
+from pipeline.wire.codec import decode, encode
 from pipeline.wire.frames import readable, recv_frames, send_frames
 from pipeline.wire.runpaths import RunPaths, unlink_ipc
 from pipeline.wire.security import apply_server_security
@@ -255,7 +255,7 @@ class CoordinatorShell:
         elif isinstance(msg, p.Shutdown):
             log.info("shutdown requested: %s", msg.reason or "no reason given")
             self._stop.set()
-        elif isinstance(msg, p.StatusReply):  # the supervisor's view of process health
+        elif isinstance(msg, p.Health):
             self.core.supervisor_health(msg)
 
     # -- what the core decided -----------------------------------------------

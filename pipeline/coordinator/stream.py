@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.playback import PlaybackClock
 from pipeline.settings import Profile
 from pipeline.text.chunker import Chunk, Chunker
-from pipeline.wire.protocol import Audio, ChunkInfo, Message
+from pipeline.wire.protocol import DELIVER_CLIENT, DELIVER_SPEAKERS, Audio, ChunkInfo, Message
 
 from .pacing import Pacer
 from .reassembler import Reassembler, Span
@@ -108,7 +108,7 @@ class Stream:
         self.block_samples = max(1, self.sample_rate * p.block_ms // 1000)
         self.reassembler = Reassembler(self.sid)
         self.clock = PlaybackClock(self.sample_rate, p.prebuffer_ms, self.t_accept)
-        paced = self.deliver in ("client", "speakers")
+        paced = self.deliver in (DELIVER_CLIENT, DELIVER_SPEAKERS)
         # The pre-buffer must fit in the lead, or playback could never start.
         floor_s = (p.prebuffer_ms + p.block_ms) / 1000
         lead = round(max(p.max_lead_s, floor_s) * self.sample_rate) if paced and p.max_lead_s > 0 else 0
@@ -125,7 +125,7 @@ class Stream:
 
     @property
     def to_sink(self) -> bool:
-        return self.deliver in ("speakers", "wav")
+        return self.deliver in (DELIVER_SPEAKERS, "wav")
 
     @property
     def wire_name(self) -> str:

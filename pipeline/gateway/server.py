@@ -20,14 +20,10 @@ import socket
 import sys
 from pathlib import Path
 
-import zmq
-import zmq.asyncio
-
+from pipeline.processes.control import watch_for_shutdown
 from pipeline.processes.lifeline import die_with_parent
 from pipeline.settings import SettingsError
-from pipeline.wire import protocol as p
-from pipeline.wire.codec import DecodeError, decode
-from pipeline.wire.runpaths import RunPaths, unlink_ipc
+from pipeline.wire.runpaths import RunPaths
 
 from . import ADDR_FILE
 from .app import Gateway, build_app
@@ -62,28 +58,6 @@ def write_addr(run: RunPaths, url: str) -> None:
     os.replace(tmp, run.root / ADDR_FILE)
 
 
-async def watch_control(endpoint: str, stop) -> None:
-    """The supervisor's polite stop: a Shutdown message on our control socket."""
-    ctx = zmq.asyncio.Context.instance()
-    sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(endpoint)
-    try:
-        while True:
-            try:
-                msg = decode(await sock.recv_multipart())
-            except DecodeError as exc:
-                log.warning("undecodable control message: %s", exc)
-                continue
-            if isinstance(msg, p.Shutdown):
-                log.info("shutdown requested: %s", msg.reason or "no reason given")
-                stop()
-                return
-    finally:
-        sock.close()
-        unlink_ipc(endpoint)
-
-
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     ap = argparse.ArgumentParser(prog="python -m pipeline.gateway", description=__doc__,
@@ -114,7 +88,7 @@ def serve(settings, run: RunPaths, keys, sock: socket.socket, log_level: str) ->
     async def around():
         # The socket is bound and listening already: a connection made from now on waits in its backlog.
         control = asyncio.get_running_loop().create_task(
-            watch_control(run.ctl(NAME), lambda: setattr(server, "should_exit", True)))
+            watch_for_shutdown(run.ctl(NAME), lambda: setattr(server, "should_exit", True)))
         write_addr(run, url)
         log.info("listening on %s%s", url, " (API keys required)" if keys else "")
         try:

@@ -14,12 +14,9 @@ import signal
 from typing import Awaitable, Callable, TypeVar
 
 import zmq
-import zmq.asyncio
 from wyoming.server import AsyncServer
 
-from pipeline.wire import protocol as p
-from pipeline.wire.codec import DecodeError, decode
-from pipeline.wire.runpaths import unlink_ipc
+from pipeline.processes.control import watch_for_shutdown
 
 from .connection import make_client
 from .wyoming_handler import SpeechHandler, SpeechService
@@ -37,7 +34,7 @@ async def serve(uri: str, endpoint: str, keys_dir: str | None = None, profile: s
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    watcher = loop.create_task(_watch_ctl(ctl, stop)) if ctl else None
+    watcher = loop.create_task(watch_for_shutdown(ctl, stop.set)) if ctl else None
     client = make_client(endpoint, keys_dir)
     server: AsyncServer | None = None
     try:
@@ -89,25 +86,3 @@ async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
         return None
     stopper.cancel()
     return task.result()
-
-
-async def _watch_ctl(ctl: str, stop: asyncio.Event) -> None:
-    """The supervisor's polite stop: a Shutdown message on our control socket."""
-    ctx = zmq.asyncio.Context()
-    sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(ctl)
-    try:
-        while True:
-            try:
-                msg = decode(await sock.recv_multipart())
-            except DecodeError as exc:
-                log.warning("ignoring a bad control message: %s", exc)
-                continue
-            if isinstance(msg, p.Shutdown):
-                log.info("shutdown requested: %s", msg.reason or "no reason given")
-                stop.set()
-    finally:
-        sock.close()
-        ctx.term()
-        unlink_ipc(ctl)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pipeline.client import ServiceUnavailable, SyncClient
 
+from .stopping import escalate
+
 
 class ServiceProcess:
     def __init__(self, *serve_args: str, env: dict[str, str] | None = None, ready_timeout_s: float = 180.0,
@@ -77,24 +79,17 @@ class ServiceProcess:
     def stop(self, grace_s: float = 15.0) -> str:
         """SIGINT (the supervisor's stop without a drain: tests and benches end what they started),
         then SIGKILL of the whole group."""
-        if self.proc is None or self.proc.poll() is not None:
-            self.stop_step = "already_exited"
-        else:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=grace_s)
-                self.stop_step = "sigint"
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-                self.stop_step = "sigkill"
-        if self.proc is not None:
+        proc = self.proc
+        self.stop_step = "already_exited"
+        if proc is not None:
+            self.stop_step = escalate(proc, [("sigint", lambda: proc.send_signal(signal.SIGINT))], grace_s,
+                                      kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
             # Nothing the service started may outlive it: record any survivor
             # (tests assert there is none), then make sure of it.
             try:
-                os.killpg(self.proc.pid, 0)
+                os.killpg(proc.pid, 0)
                 self.orphans = True
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)

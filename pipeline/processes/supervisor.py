@@ -35,6 +35,7 @@ from pipeline.wire.runpaths import RUN_DIR_PREFIX, RunPaths, remove_stale_run_di
 
 from .lifeline import PARENT_ENV
 from .plan import Managed, service_processes
+from .stopping import escalate
 
 log = logging.getLogger("xtts_stream.supervisor")
 
@@ -168,7 +169,7 @@ class Supervisor:
 
     def _report_health(self) -> None:
         self._last_report = time.monotonic()
-        msg = p.StatusReply(request="supervisor", healthy=self.healthy, state=self.health())
+        msg = p.Health(healthy=self.healthy, state=self.health())
         if self._health_sock is None:  # kept open: it reconnects to a restarted coordinator by itself
             self._health_sock = self.ctx.socket(zmq.PUSH)
             self._health_sock.setsockopt(zmq.LINGER, 0)
@@ -214,19 +215,14 @@ class Supervisor:
 
     def _escalate(self, m: Managed) -> str:
         proc = m.proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return "already_exited"
-        grace = self.settings.service.stop_grace_s
-        self._tell(m.ctl, p.Shutdown(reason="supervisor stopping"))
-        if _wait(proc, grace):
-            return "request"
-        proc.terminate()
-        if _wait(proc, grace):
-            return "sigterm"
-        proc.kill()
-        proc.wait()
-        unlink_ipc(m.ctl)  # a killed process cannot remove its own socket file
-        return "sigkill"
+        steps = [("request", lambda: self._tell(m.ctl, p.Shutdown(reason="supervisor stopping"))),
+                 ("sigterm", proc.terminate)]
+        step = escalate(proc, steps, self.settings.service.stop_grace_s)
+        if step == "sigkill":
+            unlink_ipc(m.ctl)  # a killed process cannot remove its own socket file
+        return step
 
     def _tell(self, endpoint: str, msg: p.Message) -> None:
         sock = self.ctx.socket(zmq.PUSH)
@@ -239,11 +235,3 @@ class Supervisor:
             log.warning("could not deliver %s to %s", type(msg).__name__, endpoint)
         finally:
             sock.close()
-
-
-def _wait(proc: subprocess.Popen, timeout: float) -> bool:
-    try:
-        proc.wait(timeout=timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        return False

@@ -30,6 +30,12 @@ MAX_DELIVER_CHARS = 512
 MAX_OVERRIDES = 32
 MAX_OVERRIDE_STR = 256
 
+# Where a stream's audio goes (`deliver`): back over the client's connection, nowhere (metrics only),
+# or to the sink process - the service machine's speakers, or a WAV file "wav:NAME.wav" (a relative
+# path inside the service's wav_dir, which the coordinator resolves to an absolute one for the sink).
+DELIVER_CLIENT, DELIVER_NONE, DELIVER_SPEAKERS, WAV_PREFIX = "client", "none", "speakers", "wav:"
+DELIVERIES = (DELIVER_CLIENT, DELIVER_NONE, DELIVER_SPEAKERS)
+
 
 def bounded(limit: int, default: Any = dataclasses.MISSING, **meta: Any) -> Any:
     """A field the codec refuses beyond ``limit`` characters (strings) or entries (maps, lists)."""
@@ -60,8 +66,7 @@ class Speak(Message):
     overrides: dict[str, Any] = bounded(MAX_OVERRIDES, {}, key_max=MAX_NAME_CHARS, scalar_max=MAX_OVERRIDE_STR)
     language: str = bounded(MAX_NAME_CHARS, "")
     voice: str = bounded(MAX_VOICE_CHARS, "")
-    # "client" (audio comes back), "none", "speakers" or "wav:NAME.wav" (inside the service's wav_dir).
-    deliver: str = bounded(MAX_DELIVER_CHARS, "client")
+    deliver: str = bounded(MAX_DELIVER_CHARS, DELIVER_CLIENT)  # see DELIVERIES
 
 
 @dataclass
@@ -279,6 +284,15 @@ class Shutdown(Message):
     reason: str = ""
 
 
+@dataclass
+class Health(Message):
+    """The supervisor's view of its processes, pushed to the coordinator's control socket: what a
+    client's `status` reports, and how the coordinator learns that the sink was restarted."""
+    KIND: ClassVar[bytes] = b"health"
+    healthy: bool
+    state: dict[str, Any] = field(default_factory=dict)
+
+
 # --- coordinator -> sink (audio flows one way; only SinkDone comes back) ------
 
 @dataclass
@@ -287,7 +301,7 @@ class SinkOpen(Message):
     stream: str
     sample_rate: int
     prebuffer_ms: int
-    deliver: str  # "speakers" or "wav:/absolute/path.wav" (the coordinator resolved it)
+    deliver: str  # DELIVER_SPEAKERS or WAV_PREFIX + an absolute path
 
 
 @dataclass
@@ -310,7 +324,7 @@ class SinkDone(Message):
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Speak, Open, Append, End, Cancel, Status,
     Accepted, Audio, ChunkInfo, Done, Error, StatusReply,
-    Ready, SynthChunk, CancelStream, AudioPiece, ChunkFailed, Heartbeat, Dead, Hello, Drain, Shutdown,
+    Ready, SynthChunk, CancelStream, AudioPiece, ChunkFailed, Heartbeat, Dead, Hello, Drain, Shutdown, Health,
     SinkOpen, SinkClose, SinkDone,
 )
 BY_KIND: dict[bytes, type[Message]] = {m.KIND: m for m in ALL_MESSAGES}

@@ -7,13 +7,18 @@ control socket of its own, on which the supervisor asks it to shut down.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import zmq
 
 from pipeline.settings import Settings, settings_from_dict
 
@@ -97,3 +102,52 @@ def unlink_ipc(endpoint: str) -> None:
             os.unlink(endpoint[len("ipc://"):])
         except FileNotFoundError:
             pass
+
+
+def claim_ipc_path(endpoint: str) -> str | None:
+    """The file an ipc:// bind will create, after checking that binding destroys nothing.
+
+    ZeroMQ unlinks whatever is at the path before it binds. That is right for a
+    socket file left by a killed sink, wrong for any other file and for a socket
+    another process still serves; those raise ZMQError (EADDRINUSE).
+    """
+    if not endpoint.startswith("ipc://") or endpoint[6:].startswith("@"):  # "@": abstract, no file
+        return None
+    path = endpoint[6:]
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISSOCK(mode):
+        raise zmq.ZMQError(errno.EADDRINUSE, f"{path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return path  # nobody listens: a stale file, safe to replace
+    finally:
+        probe.close()
+    raise zmq.ZMQError(errno.EADDRINUSE, f"another process is serving {path}")
+
+
+@dataclass
+class SocketFile:
+    """The file an ipc:// bind made; `remove` deletes it only while it is still that file (ZeroMQ
+    leaves it behind, and another process may have bound the path since)."""
+
+    path: str
+    inode: int
+
+    def remove(self) -> None:
+        try:
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+        except OSError as exc:
+            log.debug("leaving %s: %s", self.path, exc)
+
+
+def bind_claimed(sock: zmq.Socket, endpoint: str) -> SocketFile | None:
+    """Bind ``sock`` to ``endpoint`` after `claim_ipc_path` has checked that this destroys nothing."""
+    path = claim_ipc_path(endpoint)
+    sock.bind(endpoint)
+    return SocketFile(path, os.stat(path).st_ino) if path else None

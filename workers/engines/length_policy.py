@@ -3,7 +3,8 @@
 Random weights stop at random (often only at the 600-token cap), which makes
 timings meaningless. Real XTTS speaks about 14 characters per second and one
 audio token is 1024 samples at 22050 Hz (21.53 tokens per second), so a
-realistic length is about 1.54 tokens per character. The processor masks the
+realistic length is about 1.54 tokens per character (`pipeline.text.limits.forced_tokens`,
+which the coordinator also uses to ask for it). The processor masks the
 stop token until N-1 tokens have been generated and then forces it: the GPT
 emits exactly N tokens, the stop token being the N-th (coqui's stream generator
 yields it with its latent, so N latents reach the vocoder). Off unless a job
@@ -14,19 +15,6 @@ from __future__ import annotations
 
 import torch
 from transformers import LogitsProcessor
-
-from pipeline.text.limits import TOKENS_PER_CHAR, forced_tokens  # noqa: F401 (the policy's length rule)
-
-
-def stock_stream_samples(n_tokens: int, speed: float = 1.0) -> int:
-    """Output samples coqui's HiFi-GAN makes from n latents (stock XTTS-v2: 22050 -> 24000 Hz).
-
-    Each latent is 1024 input samples: 4 frames of hop 256, resampled to 24 kHz
-    by linear interpolation (floored), times the vocoder's 256x upsampling.
-    `speed` != 1 first interpolates the latents (also floored).
-    """
-    latents = n_tokens if speed == 1.0 else int(n_tokens * (1.0 / max(speed, 0.05)))
-    return 256 * int(4 * latents * 24000 / 22050)
 
 
 class ForcedLengthProcessor(LogitsProcessor):

@@ -8,8 +8,9 @@ so both builds run under transformers' `no_init_weights`: the strict
 state-dict load overwrites every parameter and persistent buffer anyway (the
 tests compare against a plain coqui load).
 
-`find_checkpoint` imports neither torch nor coqui-tts, so the supervisor can
-decide between XTTS and Piper cheaply; torch is imported inside `load_xtts`.
+`find_checkpoint` imports neither torch nor coqui-tts, so the worker can decide
+between XTTS and Piper before it pays for importing them; torch is imported
+inside `load_xtts`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.settings import CHECKPOINT_ENV
+
 REQUIRED_FILES = ("config.json", "model.pth", "vocab.json")
 SPEAKERS_FILE = "speakers_xtts.pth"
-CHECKPOINT_ENV = "XTTS_STREAM_CHECKPOINT"
 COQUI_MODEL_NAME = "tts_models/multilingual/multi-dataset/xtts_v2"
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -111,7 +113,7 @@ def load_xtts(checkpoint_dir: str | os.PathLike, device: str = "cpu", dtype: Any
     """Load (model, config) in eval mode on `device`, weights cast to `dtype`.
 
     `dtype` is a torch.dtype or 'fp32'/'fp16'/'bf16'/'auto'. Note that coqui's
-    stock inference only runs in fp32 (XTTS_NOTES); half precision is for
+    stock inference is run in fp32, the precision coqui-tts runs it in; half precision is for
     callers that run their own loop over the modules.
     """
     import torch

@@ -24,9 +24,12 @@ import numpy as np
 import torch
 from transformers import LogitsProcessorList
 
+from pipeline.settings import out_of_bounds
+from pipeline.text.limits import forced_tokens
+
 from .base import EngineError, EngineInfo, JobFailed, PieceOut, SynthJob, to_pcm16
 from .job_queue import JobQueue, is_cancelled
-from .length_policy import ForcedLengthProcessor, forced_tokens
+from .length_policy import ForcedLengthProcessor
 from .voices import VoiceCache, VoiceError, load_for_service, speaker_names
 from .xtts_model import dtype_name
 
@@ -184,6 +187,9 @@ class StockXttsEngine:
 
     def _sampling(self, sampling: dict[str, Any]) -> dict[str, Any]:
         """inference_stream's keyword arguments from a job's sampling dict (checkpoint defaults for gaps)."""
+        problem = out_of_bounds(sampling)
+        if problem:
+            raise JobRejected(f"bad sampling settings: {problem}")
         try:
             kwargs = {
                 "stream_chunk_size": int(sampling.get("piece_tokens", DEFAULT_PIECE_TOKENS)),
@@ -193,13 +199,8 @@ class StockXttsEngine:
                 "repetition_penalty": float(sampling.get("repetition_penalty", self.config.repetition_penalty)),
                 "speed": float(sampling.get("speed", 1.0)),
             }
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:  # a checkpoint's own defaults
             raise JobRejected(f"bad sampling settings {sampling!r}: {exc}") from exc
-        positive = ("stream_chunk_size", "temperature", "repetition_penalty", "speed")
-        bad = [name for name in positive if not kwargs[name] > 0]
-        if bad or kwargs["top_k"] < 0 or not 0 < kwargs["top_p"] <= 1:
-            raise JobRejected(f"bad sampling settings {sampling!r}: piece_tokens, temperature, "
-                              "repetition_penalty and speed must be > 0, top_k >= 0, 0 < top_p <= 1")
         return kwargs
 
     def _check_tokens(self, text: str, language: str) -> None:

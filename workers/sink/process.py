@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import errno
 import logging
 import os
 import signal
-import socket
-import stat
 import sys
 import time
 from typing import Any
@@ -30,6 +27,7 @@ import zmq
 from pipeline.processes.lifeline import die_with_parent
 from pipeline.wire.codec import DecodeError, decode, encode
 from pipeline.wire.protocol import Audio, Shutdown, SinkClose, SinkDone, SinkOpen
+from pipeline.wire.runpaths import bind_claimed
 
 from .stream import SinkStream
 
@@ -65,9 +63,7 @@ class Sink:
         self.out.connect(out_ep)
         self.ctl = ctx.socket(zmq.PULL)
         self.ctl.setsockopt(zmq.LINGER, 0)
-        self._ctl_file = claim_ipc_path(ctl_ep)
-        self.ctl.bind(ctl_ep)
-        self._ctl_inode = os.stat(self._ctl_file).st_ino if self._ctl_file else None
+        self._ctl_file = bind_claimed(self.ctl, ctl_ep)
 
     # --- the loop -------------------------------------------------------------
 
@@ -92,11 +88,17 @@ class Sink:
         self._finish()
         return 0
 
-    def _on_ctl(self, frames: list[Any]) -> None:
+    def _decoded(self, frames: list[Any], socket_name: str) -> Any:
+        """The message, or None (logged) when the frames are not one."""
         try:
-            msg = decode(frames)
+            return decode(frames)
         except DecodeError as exc:
-            log.warning("%s: undecodable control message (%s): %s", self.name, exc.code, exc)
+            log.warning("%s: dropping an undecodable %s message (%s): %s", self.name, socket_name, exc.code, exc)
+            return None
+
+    def _on_ctl(self, frames: list[Any]) -> None:
+        msg = self._decoded(frames, "control")
+        if msg is None:
             return
         if isinstance(msg, Shutdown):
             log.info("%s: shutdown requested%s", self.name, f" ({msg.reason})" if msg.reason else "")
@@ -105,10 +107,8 @@ class Sink:
             log.warning("%s: ignoring '%s' on the control socket", self.name, msg.KIND.decode())
 
     def _on_input(self, frames: list[Any]) -> None:
-        try:
-            msg = decode(frames)
-        except DecodeError as exc:
-            log.warning("%s: dropping undecodable input (%s): %s", self.name, exc.code, exc)
+        msg = self._decoded(frames, "input")
+        if msg is None:
             return
         try:
             self._handle(msg)
@@ -253,47 +253,12 @@ class Sink:
             linger_s = QUICK_SEND_TIMEOUT_S if self.stop == "signal" else self.send_timeout_s
         self.out.close(linger=int(linger_s * 1000))
         self.ctl.close()
-        self._remove_ctl_file()
-
-    def _remove_ctl_file(self) -> None:
-        """ZeroMQ leaves the socket file behind; remove it if it is still the one we bound."""
-        if self._ctl_file is None:
-            return
-        try:
-            if os.stat(self._ctl_file).st_ino == self._ctl_inode:
-                os.unlink(self._ctl_file)
-        except OSError as exc:
-            log.debug("%s: leaving %s: %s", self.name, self._ctl_file, exc)
+        if self._ctl_file is not None:
+            self._ctl_file.remove()
 
 
 def _owner(stream: str) -> str | None:
     return stream.split(".", 1)[0] if "." in stream else None
-
-
-def claim_ipc_path(endpoint: str) -> str | None:
-    """The file an ipc:// bind will create, after checking that binding destroys nothing.
-
-    ZeroMQ unlinks whatever is at the path before it binds. That is right for a
-    socket file left by a killed sink, wrong for any other file and for a socket
-    another process still serves; those raise ZMQError (EADDRINUSE).
-    """
-    if not endpoint.startswith("ipc://") or endpoint[6:].startswith("@"):  # "@": abstract, no file
-        return None
-    path = endpoint[6:]
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return path
-    if not stat.S_ISSOCK(mode):
-        raise zmq.ZMQError(errno.EADDRINUSE, f"{path} exists and is not a socket; not replacing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        return path  # nobody listens: a stale file, safe to replace
-    finally:
-        probe.close()
-    raise zmq.ZMQError(errno.EADDRINUSE, f"another process is serving {path}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

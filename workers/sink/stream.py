@@ -11,25 +11,24 @@ import logging
 import time
 from typing import Any
 
-from pipeline.wire.protocol import Audio, SinkOpen
+from pipeline.wire.protocol import DELIVER_SPEAKERS, WAV_PREFIX, Audio, SinkOpen
 
 from .speakers import SpeakersError, SpeakersOut
 from .wav import WavOut, WavOutError
 
 log = logging.getLogger("xtts_stream.sink")
 
-DELIVERY_MODES = ("wav:PATH", "speakers")
 # How long past the end of its audio a speakers stream may take to play out.
 SPEAKERS_GRACE_S = 2.0
 
 
 def parse_deliver(deliver: str) -> tuple[str, str]:
     """``"wav:/a/b.wav"`` -> ``("wav", "/a/b.wav")``; ValueError names the valid forms."""
-    if deliver == "speakers":
+    if deliver == DELIVER_SPEAKERS:
         return deliver, ""
-    if deliver.startswith("wav:") and deliver[4:]:
-        return "wav", deliver[4:]
-    raise ValueError(f"unknown delivery '{deliver[:80]}'; valid: {', '.join(DELIVERY_MODES)}")
+    if deliver.startswith(WAV_PREFIX) and deliver[len(WAV_PREFIX):]:
+        return "wav", deliver[len(WAV_PREFIX):]
+    raise ValueError(f"unknown delivery '{deliver[:80]}'; valid: {WAV_PREFIX}PATH, {DELIVER_SPEAKERS}")
 
 
 class SinkStream:

@@ -58,7 +58,7 @@ class Running:
         return self.first_chunk and self.pieces_launched == 0 and not self.cancelled
 
     @property
-    def done(self) -> bool:
+    def retirable(self) -> bool:
         """Nothing left to do: stopped and its last piece launched (or cancelled)."""
         return self.finished and (self.cancelled or self.final_launched)
 
@@ -123,10 +123,10 @@ class Batcher:
         heapq.heapify(kept)
         self._waiting = kept
         self._first_waiting = sum(w.job.priority <= 0 for w in kept)
-        return dropped, [r for r in self.running if hit(r.job) and not r.done]
+        return dropped, [r for r in self.running if hit(r.job) and not r.retirable]
 
     def compact(self, move: Callable[[int, int, Running], None]) -> list[Running]:
-        """Remove done jobs, filling each hole with the last running job; returns the removed.
+        """Remove retirable jobs, filling each hole with the last running job; returns the removed.
 
         A job that stopped decoding but still owes vocoder pieces keeps its slot (its latents live there).
         """
@@ -134,7 +134,7 @@ class Batcher:
         i = 0
         while i < len(self.running):
             run = self.running[i]
-            if not run.done:
+            if not run.retirable:
                 i += 1
                 continue
             removed.append(run)

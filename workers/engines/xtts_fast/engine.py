@@ -30,11 +30,12 @@ from workers.engines.voices import speaker_names
 
 from .batcher import Batcher, Running
 from .frames import FrameChain
-from .gpt_decoder import GptDecoder, device_tensor
+from .gpt_decoder import GptDecoder
 from .graphs import DecodeRunner
 from .pieces import PieceDispatcher
 from .sampling import Sampler, SamplingParams
 from .scheduling import FirstPiecesFirst, urgent
+from .transfer import long_tensor, start_to_host, to_device
 from .vocoder import IncrementalVocoder, VocoderSettings, VocoderStream, fold_weight_norm, window_widths
 
 log = logging.getLogger("xtts_stream.xtts_fast")
@@ -76,8 +77,8 @@ class _Decoding:
     """A prefill or decode step launched but not yet read back: its rows (None: rode along) and their stop flags."""
 
     runs: list[Running | None]
-    stops: torch.Tensor  # [b] bool, host (pinned on CUDA), valid once `done` has passed
-    done: torch.cuda.Event | None
+    stops: torch.Tensor  # [b] bool, host (pinned on CUDA), valid once `copied` has passed
+    copied: torch.cuda.Event | None  # recorded after the copy to the host
 
 
 class FastXttsEngine:
@@ -159,7 +160,7 @@ class FastXttsEngine:
             # hand it over now rather than after another decode step (and maybe the prefill
             # of later chunks); the caller steps again at once.
             return out + self.pieces.collect(urgent_only=True)
-        hold = self.policy.hold(self.batcher)
+        hold = self.policy.hold_this_step(self.batcher)
         # Launch this step's prefill and decode before reading the last step's back: the GPU
         # never waits for the host's bookkeeping, and the host waits only for the step before.
         self._launched = []
@@ -246,7 +247,7 @@ class FastXttsEngine:
             self.sampler.reset_rows([r.slot for r in runs], [r.sampling for r in runs],
                                     [1, self.decoder.start_audio_token], [not r.forced for r in runs])
             logits, latents = self.decoder.prefill([r.slot for r in runs], [p for _, p in new])
-            rows = device_tensor([r.slot for r in runs], self.device)
+            rows = long_tensor([r.slot for r in runs], self.device)
             tokens = self.sampler.sample(logits, rows)
             self.latents[rows, 0] = latents
             self.runner.tokens[rows] = tokens
@@ -259,8 +260,6 @@ class FastXttsEngine:
         speed = float(job.sampling.get("speed", 1.0))
         first = int(job.sampling.get("first_piece_tokens", self.settings.first_piece_tokens))
         every = int(job.sampling.get("piece_tokens", self.settings.piece_tokens))
-        if not speed > 0.0 or first < 1 or every < 1:
-            raise ValueError(f"need speed > 0, first_piece_tokens >= 1, piece_tokens >= 1; got {speed}, {first}, {every}")
         text = job.text.strip().lower()
         if not text:
             raise ValueError("empty text")
@@ -273,7 +272,7 @@ class FastXttsEngine:
         cond, speaker = self._voice(job.voice)
         job.started()
         with torch.inference_mode():
-            prefix = self.decoder.prefix_embedding(cond, device_tensor(tokens, self.device))
+            prefix = self.decoder.prefix_embedding(cond, long_tensor(tokens, self.device))
         room = self.settings.max_len - prefix.shape[0] + 1
         if room < 1:
             raise ValueError(f"text too long for the KV cache ({prefix.shape[0]} of {self.settings.max_len} positions)")
@@ -335,9 +334,7 @@ class FastXttsEngine:
         last = self.settings.max_len - 1
         host = torch.tensor([[r.cache_pos, r.count, r.count] if ok else [min(r.cache_pos, last), 0, self.max_gen]
                              for r, ok in zip(running, live)], dtype=torch.long)
-        if self.cuda:
-            host = host.pin_memory()
-        dev = host.to(self.device, non_blocking=True)
+        dev = to_device(host, self.device)
         self.runner.cache_pos[:b] = dev[:, 0]
         self.runner.audio_pos[:b] = dev[:, 1]
         with torch.inference_mode():
@@ -355,18 +352,17 @@ class FastXttsEngine:
         """Start copying the rows' stop flags to the host; `_confirm` reads them."""
         with torch.inference_mode():
             stops = tokens.eq(self.decoder.stop_audio_token)
-            stops_host = torch.empty(len(runs), dtype=torch.bool, pin_memory=self.cuda)
-            stops_host.copy_(stops, non_blocking=True)
-        done = None
+            stops_host = start_to_host(stops, pinned=self.cuda)
+        copied = None
         if self.cuda:
-            done = torch.cuda.Event()
-            done.record(torch.cuda.current_stream(self.device))
-        return _Decoding(runs, stops_host, done)
+            copied = torch.cuda.Event()
+            copied.record(torch.cuda.current_stream(self.device))
+        return _Decoding(runs, stops_host, copied)
 
     def _confirm(self, decoding: _Decoding) -> None:
         """Read a launched step's stop flags back: its latents now count for pieces and ends."""
-        if decoding.done is not None:
-            decoding.done.synchronize()
+        if decoding.copied is not None:
+            decoding.copied.synchronize()
         for run, stop in zip(decoding.runs, decoding.stops.tolist()):
             if run is None or run.finished:
                 continue

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .transfer import to_device
+
 HOP = 256
 
 
@@ -103,13 +105,8 @@ def _source(lo: int, hi: int, scale: float, in_size: int, out_size: int) -> tupl
 
 def _lerp(x: torch.Tensor, x_lo: int, in_size: int, out_size: int, scale: float, lo: int, hi: int) -> torch.Tensor:
     idx0, idx1, lam = _source(lo, hi, scale, in_size, out_size)
-    # One host-to-device copy per stage (indices are exact in float64), not three; from pinned
-    # memory on CUDA, because a pageable copy waits for the device (and the decode step in flight).
-    table = torch.from_numpy(np.stack([idx0 - x_lo, idx1 - x_lo, lam.astype(np.float64)]))
-    if x.device.type == "cuda":
-        table = table.pin_memory().to(x.device, non_blocking=True)
-    else:
-        table = table.to(x.device)
+    # One host-to-device copy per stage (indices are exact in float64), not three.
+    table = to_device(torch.from_numpy(np.stack([idx0 - x_lo, idx1 - x_lo, lam.astype(np.float64)])), x.device)
     i0, i1 = table[0].long(), table[1].long()
     w1 = table[2].to(x.dtype)
     return x[:, i0] * (1.0 - w1) + x[:, i1] * w1

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .transfer import long_tensor
+
 
 @dataclass(frozen=True)
 class _Layer:
@@ -104,7 +106,7 @@ class GptDecoder:
         x = torch.zeros(len(prefixes), longest, self.d, dtype=self.dtype, device=self.device)
         for i, p in enumerate(prefixes):
             x[i, : p.shape[0]] = p
-        rows = device_tensor(slots, self.device)
+        rows = long_tensor(slots, self.device)
         n, t = x.shape[0], x.shape[1]
         for li, L in enumerate(self.layers):
             h = F.layer_norm(x, (self.d,), L.ln1_w, L.ln1_b, L.eps1)
@@ -116,7 +118,7 @@ class GptDecoder:
                 a = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
             x = x + self._attn_out(a.transpose(1, 2).reshape(n * t, self.d), L).view(n, t, self.d)
             x = x + self._mlp(x.reshape(n * t, self.d), L).view(n, t, self.d)
-        last = device_tensor([ln - 1 for ln in lengths], self.device)
+        last = long_tensor([ln - 1 for ln in lengths], self.device)
         h_last = x[torch.arange(n, device=self.device), last]
         return self._head(h_last)
 
@@ -167,15 +169,6 @@ class GptDecoder:
     def _head(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         latent = self.final_norm(self.ln_f(h))
         return self.mel_head(latent), latent
-
-
-def device_tensor(values: list[int], device: torch.device) -> torch.Tensor:
-    """A long tensor on the device without waiting for it: `torch.tensor(..., device=cuda)`
-    copies from pageable memory and synchronizes the stream (and the decode step in flight)."""
-    t = torch.tensor(values, dtype=torch.long)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def _prefill_attention(device: torch.device) -> contextlib.AbstractContextManager:

@@ -1,7 +1,8 @@
 """The decode step, eager or replayed from CUDA graphs captured per (batch, key length) bucket.
 
-A captured graph replays the whole 30-layer step as one launch (XTTS_NOTES: 7.0 ms
-eager vs 1.59 ms as a graph at batch 1 on an H200). Graphs need static shapes
+A captured graph replays the whole 30-layer step as one launch instead of
+hundreds of small kernels (docs/benchmarks.md: 1.83 ms a step at batch 1 on an
+H200). Graphs need static shapes
 and addresses, so inputs are copied into fixed buffers, the batch is padded up to
 a bucket (padding rows read and write only free cache slots, whose contents a
 later prefill overwrites), and the attended key length is rounded up to a bucket.

@@ -18,6 +18,7 @@ from workers.engines.base import PieceOut, to_pcm16
 from .batcher import Running
 from .scheduling import TOKEN_S
 from .scheduling import urgent as is_urgent
+from .transfer import start_to_host
 from .vocoder import IncrementalVocoder, PieceAudio, PieceRequest, VocoderStream
 
 
@@ -28,7 +29,7 @@ class _Pending:
     runs: list[Running]
     audio: list[PieceAudio]
     host: list[torch.Tensor]
-    done: torch.cuda.Event | None
+    copied: torch.cuda.Event | None  # recorded after the copies to the host
     urgent: bool = False  # holds first pieces of first chunks
 
 
@@ -107,12 +108,10 @@ class PieceDispatcher:
             req.frames.record_stream(self.voc_stream)
         with torch.cuda.stream(self.voc_stream):
             audio = self.vocoder.run(requests)
-            host = [torch.empty(a.samples.shape[0], dtype=torch.float32, pin_memory=True) for a in audio]
-            for h, a in zip(host, audio):
-                h.copy_(a.samples, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(self.voc_stream)
-        self._pending.append(_Pending(tags, audio, host, done, urgent))
+            host = [start_to_host(a.samples, pinned=True, dtype=torch.float32) for a in audio]
+            copied = torch.cuda.Event()
+            copied.record(self.voc_stream)
+        self._pending.append(_Pending(tags, audio, host, copied, urgent))
 
     def collect(self, urgent_only: bool = False) -> list[PieceOut]:
         """Return launched pieces; `urgent_only`: just up to the last call holding first pieces.
@@ -126,8 +125,8 @@ class PieceDispatcher:
         ready, self._pending = self._pending[:take], self._pending[take:]
         out: list[PieceOut] = []
         for pending in ready:
-            if pending.done is not None:
-                pending.done.synchronize()
+            if pending.copied is not None:
+                pending.copied.synchronize()
             for i, (run, audio) in enumerate(zip(pending.runs, pending.audio)):
                 if run.cancelled:
                     continue

@@ -14,6 +14,14 @@ from typing import Any, Mapping
 
 import torch
 
+from pipeline.settings import SAMPLING_BOUNDS, out_of_bounds
+
+from .transfer import to_device
+
+
+# A profile's bounds, and temperature 0 (greedy: the same tokens every run), which tests rely on.
+GREEDY_ALLOWED = {**SAMPLING_BOUNDS, "temperature": (0.0, SAMPLING_BOUNDS["temperature"][1])}
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -25,21 +33,15 @@ class SamplingParams:
     @classmethod
     def from_job(cls, sampling: Mapping[str, Any]) -> "SamplingParams":
         """Read the profile's sampling dict; bad values raise ValueError with the field's name."""
-        p = cls(
+        problem = out_of_bounds(sampling, GREEDY_ALLOWED)
+        if problem:
+            raise ValueError(problem)
+        return cls(
             temperature=float(sampling.get("temperature", cls.temperature)),
             top_k=int(sampling.get("top_k", cls.top_k)),
             top_p=float(sampling.get("top_p", cls.top_p)),
             repetition_penalty=float(sampling.get("repetition_penalty", cls.repetition_penalty)),
         )
-        if not p.temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {p.temperature}")
-        if p.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {p.top_k}")
-        if not 0.0 < p.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {p.top_p}")
-        if not p.repetition_penalty > 0.0:
-            raise ValueError(f"repetition_penalty must be > 0, got {p.repetition_penalty}")
-        return p
 
 
 class Sampler:
@@ -70,9 +72,7 @@ class Sampler:
         table = torch.tensor([[slot, p.temperature, p.top_k if 0 < p.top_k < self.vocab else self.vocab, p.top_p,
                                p.repetition_penalty, float(stop)]
                               for slot, p, stop in zip(slots, params, allow_stop)], dtype=torch.float64)
-        if self.device.type == "cuda":
-            table = table.pin_memory()
-        table = table.to(self.device, non_blocking=True)  # slots and top-k are exact in float64
+        table = to_device(table, self.device)  # slots and top-k are exact in float64
         rows = table[:, 0].long()
         self.temperature[rows] = table[:, 1].float()
         self.top_k[rows] = table[:, 2].long()

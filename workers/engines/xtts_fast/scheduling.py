@@ -42,8 +42,8 @@ class FirstPiecesFirst:
     max_steps: int = 32
     held_steps: int = 0  # consecutive steps held so far
 
-    def hold(self, batcher: Batcher) -> bool:
-        """Call once per step: True if later chunks must wait this step."""
+    def hold_this_step(self, batcher: Batcher) -> bool:
+        """Whether later chunks must wait this step; call it once per step, as it counts the steps held."""
         if not self.first_audio_pending(batcher):
             self.held_steps = 0
             return False

@@ -51,7 +51,6 @@ class VocoderStream:
     speaker: torch.Tensor  # [512, 1] d-vector
     emitted: int = 0
     tail: torch.Tensor | None = None  # samples [emitted, emitted + crossfade) of the last decode
-    done: bool = False
 
 
 @dataclass
@@ -169,7 +168,6 @@ class IncrementalVocoder:
             piece[:n] = st.tail[:n] * (1.0 - fade) + piece[:n] * fade
         st.tail = None if r.final else wav[r.end - base : r.end - base + s.crossfade].clone()
         st.emitted = r.end
-        st.done = r.final
         return PieceAudio(r.tag, offset, piece, r.final)
 
 
