@@ -120,27 +120,36 @@ def claim_ipc_path(endpoint: str) -> str | None:
         return path
     if not stat.S_ISSOCK(mode):
         raise zmq.ZMQError(errno.EADDRINUSE, f"{path} exists and is not a socket; not replacing it")
+    if served(path):
+        raise zmq.ZMQError(errno.EADDRINUSE, f"another process is serving {path}")
+    return path  # nobody listens: a stale file, safe to replace
+
+
+def served(path: str) -> bool:
+    """Whether a process listens on the unix socket at ``path``."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
+        return True
     except OSError:
-        return path  # nobody listens: a stale file, safe to replace
+        return False
     finally:
         probe.close()
-    raise zmq.ZMQError(errno.EADDRINUSE, f"another process is serving {path}")
 
 
 @dataclass
 class SocketFile:
-    """The file an ipc:// bind made; `remove` deletes it only while it is still that file (ZeroMQ
-    leaves it behind, and another process may have bound the path since)."""
+    """The file an ipc:// bind made, which ZeroMQ leaves behind. Another process may have bound the
+    path since, and a file system may give its file our freed inode number: `remove` deletes the
+    file only while it has our inode number and nobody serves it. Call it once the socket is
+    closed and its context terminated (until then our own listener still answers)."""
 
     path: str
     inode: int
 
     def remove(self) -> None:
         try:
-            if os.stat(self.path).st_ino == self.inode:
+            if os.stat(self.path).st_ino == self.inode and not served(self.path):
                 os.unlink(self.path)
         except OSError as exc:
             log.debug("leaving %s: %s", self.path, exc)

@@ -63,7 +63,7 @@ class Sink:
         self.out.connect(out_ep)
         self.ctl = ctx.socket(zmq.PULL)
         self.ctl.setsockopt(zmq.LINGER, 0)
-        self._ctl_file = bind_claimed(self.ctl, ctl_ep)
+        self.ctl_file = bind_claimed(self.ctl, ctl_ep)
 
     # --- the loop -------------------------------------------------------------
 
@@ -253,8 +253,6 @@ class Sink:
             linger_s = QUICK_SEND_TIMEOUT_S if self.stop == "signal" else self.send_timeout_s
         self.out.close(linger=int(linger_s * 1000))
         self.ctl.close()
-        if self._ctl_file is not None:
-            self._ctl_file.remove()
 
 
 def _owner(stream: str) -> str | None:
@@ -299,5 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return sink.run()
     finally:
         sink.close()
-        ctx.term()
+        ctx.term()  # the control socket's listener is closed once this returns
+        if sink.ctl_file is not None:
+            sink.ctl_file.remove()
 
