@@ -35,6 +35,7 @@ from pipeline.wire.security import apply_server_security
 
 from .connections import Connections
 from .core import CLIENT, KILL, SINK, WORKER, CoordinatorCore
+from .heap import HeapTrimmer
 from .outbox import ClientOutbox
 
 log = logging.getLogger("xtts_stream.coordinator")
@@ -91,6 +92,7 @@ class CoordinatorShell:
             self._inputs.insert(1, (self.remote_workers, self._on_remote_worker, 0))
         self._worker_sock: dict[bytes, zmq.Socket] = {}  # the socket each worker came on
         self._outboxes: dict[bytes, ClientOutbox] = {}
+        self.heap = HeapTrimmer()
         self._sink_waiting: deque[tuple[float, p.Message]] = deque()
         self._retries: set[str] = set()
         self._pidfds: dict[bytes, int] = {}
@@ -192,6 +194,8 @@ class CoordinatorShell:
                 count += 1
                 self._safely(handle, frames)
             more |= count == BATCH
+            if count:
+                self.heap.worked()
         self._read_connections()
         self._flush()
         self._drain_sink()
@@ -474,6 +478,8 @@ class CoordinatorShell:
                 self._stop.set()
             self._flush()
             self._drain_outboxes()
+            if not self.core.streams and not self._outboxes:
+                self.heap.idle(started)
             self._timed(started)
 
     def _timed(self, started: float) -> None:
@@ -491,4 +497,4 @@ class CoordinatorShell:
         return {"clients_waiting": len(self._outboxes), "connections": len(self.client_conns),
                 "worker_endpoint": self.worker_endpoint,
                 "loop_stall_ms_max": round(self.lag_max_ms, 3), "loop_stall_ms_recent": round(self.lag_recent_ms, 3),
-                "internal_errors": self.internal_errors}
+                "internal_errors": self.internal_errors, "heap_trims": self.heap.trims}
