@@ -13,7 +13,6 @@ import logging
 import signal
 from typing import Awaitable, Callable, TypeVar
 
-import zmq
 from wyoming.server import AsyncServer
 
 from pipeline.processes.control import watch_for_shutdown

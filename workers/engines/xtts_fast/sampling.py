@@ -18,7 +18,6 @@ from pipeline.settings import SAMPLING_BOUNDS, out_of_bounds
 
 from .transfer import to_device
 
-
 # A profile's bounds, and temperature 0 (greedy: the same tokens every run), which tests rely on.
 GREEDY_ALLOWED = {**SAMPLING_BOUNDS, "temperature": (0.0, SAMPLING_BOUNDS["temperature"][1])}
 
