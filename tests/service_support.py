@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.client import Client, ServiceError
+from pipeline.wire import protocol as p
 
 
 @dataclass
@@ -16,6 +17,9 @@ class Spoken:
     metrics: dict | None = None
     sample_rate: int = 0
     error: ServiceError | None = None
+    accepted: p.Accepted | None = None
+    chunks: list[p.ChunkInfo] = field(default_factory=list)  # the stream's chunk events, as they came
+    client_ttfa_ms: float | None = None  # from the request to the first block, as the client saw it
 
     @property
     def pcm(self) -> np.ndarray:
@@ -43,6 +47,9 @@ async def collect(utt) -> Spoken:
         out.error = exc
     out.metrics = utt.metrics
     out.sample_rate = utt.accepted.sample_rate if utt.accepted else 0
+    out.accepted = utt.accepted
+    out.chunks = list(utt.chunks)
+    out.client_ttfa_ms = utt.client_ttfa_ms
     return out
 
 

@@ -132,12 +132,19 @@ def test_a_slow_client_has_audio_dropped_not_queued_and_still_gets_done(tiny_que
         try:
             # Unpaced: the audio comes as fast as Piper makes it, far faster than real time.
             await dealer.send(p.Speak(stream="slow", text=LONG[:900], overrides={"max_lead_s": 0}))
-            deadline = asyncio.get_running_loop().time() + 60
+            clock = asyncio.get_running_loop().time
+            deadline = clock() + 60
             while dropped(await status(service.endpoint)) == dropped(before):
-                assert asyncio.get_running_loop().time() < deadline, "no audio was dropped for a client not reading"
+                assert clock() < deadline, "no audio was dropped for a client not reading"
                 rss.append(coordinator_rss_mb(service))
                 await asyncio.sleep(0.2)
-            await asyncio.sleep(2.0)  # keep not reading while more audio is made
+            # Keep not reading while the rest of the audio is made: until the stream has ended in the
+            # coordinator (every sample made, and queued for this client or dropped).
+            deadline = clock() + 60
+            while (await status(service.endpoint))["streams"] > 0:
+                assert clock() < deadline, "the stream of a client not reading never ended in the coordinator"
+                rss.append(coordinator_rss_mb(service))
+                await asyncio.sleep(0.2)
             rss.append(coordinator_rss_mb(service))
             replies = await dealer.recv_until_done("slow", 120)
         finally:

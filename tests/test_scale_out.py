@@ -19,7 +19,6 @@ import pytest
 from pipeline.client import Client, ServiceUnavailable
 from pipeline.processes.plan import remote_worker_processes, service_processes, worker_devices
 from pipeline.processes.service_process import ServiceProcess
-from pipeline.processes.stats import children_of
 from pipeline.settings import SettingsError, load_settings
 from pipeline.wire.runpaths import RunPaths
 from pipeline.wire.security import client_keys, generate_keys
@@ -83,6 +82,11 @@ def test_three_workers_share_twelve_streams_and_a_dead_one_loses_no_audio(tmp_pa
     with null_service(tmp_path, "workers = 3\nnull_speed = 5.0\n") as svc:
         async def go():
             async with Client(svc.endpoint, timeout_s=60) as client:
+                # The service is ready with its first worker: the streams start once all three are.
+                deadline = time.monotonic() + 60
+                while len((await client.status(10)).state["workers"]) < 3:
+                    assert time.monotonic() < deadline, f"3 workers not ready within 60 s:\n{svc.log_tail()}"
+                    await asyncio.sleep(0.05)
                 utts = [client.speak(LONG, overrides={"max_lead_s": 0}) for _ in range(12)]
                 first = await asyncio.gather(*(anext(aiter(u)) for u in utts))
                 state = (await client.status(10)).state
@@ -159,6 +163,14 @@ def start_worker_host(svc: CoordinatorOnly, tmp_path: Path, *keys: str) -> subpr
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def wait_for_log(log: Path, text: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, f"the worker host exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} in its log within {timeout_s} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
 def stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)  # drains: nothing is held, so it stops at once
     try:
@@ -210,7 +222,10 @@ def test_a_worker_without_the_keys_is_never_admitted(tmp_path):
     with CoordinatorOnly(keys, tmp_path) as svc:
         host = start_worker_host(svc, tmp_path)  # loopback, so it may try; the coordinator wants keys
         try:
-            time.sleep(5)
+            # Until the worker is up (its ready message sent) and was turned away (a handshake refused: the
+            # connection dropped at once). Its ready message cannot pass without a handshake.
+            wait_for_log(tmp_path / "worker-host.log", "warmed up", host)
+            wait_for_log(tmp_path / "worker-host.log", "lost the connection to the coordinator", host)
             state = svc.state()
         finally:
             stop(host)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
+import os
 import subprocess
 import sys
 import time
@@ -11,20 +11,17 @@ from pathlib import Path
 
 import pytest
 import zmq
+import zmq.asyncio
 import zmq.auth
+from zmq.utils.monitor import parse_monitor_message
 
-from pipeline.client import Client, ServiceUnavailable
+from pipeline.client import Client, ServiceUnavailable, within
 from pipeline.processes.service_process import ServiceProcess
+from pipeline.processes.stats import process_tree_stats
 from pipeline.wire.security import client_keys, generate_keys, is_local_endpoint
 from service_support import collect
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def curve(keys_dir: Path, name: str = "client-1") -> dict:
@@ -32,15 +29,57 @@ def curve(keys_dir: Path, name: str = "client-1") -> dict:
     return {"curve_server_key": server_key, "curve_client_keys": pair}
 
 
+def listening_tcp_ports(pid: int) -> list[int]:
+    """The IPv4 TCP ports process ``pid`` listens on (its sockets, matched in /proc's table by inode)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = []
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()  # sl local_address rem_address st ... inode (10th)
+        if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+            ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 class CurveService(ServiceProcess):
-    """A service on tcp:// with CURVE: readiness is asked with the client's keys."""
+    """A service on tcp:// with CURVE: readiness is asked with the client's keys.
+
+    It binds port 0, so no port is chosen here that another process could take first. The service does
+    not report the port the OS picked (the coordinator logs the endpoint as configured), so it is read
+    from the coordinator's listening socket in /proc: its only TCP listener. The HTTP gateway is off: it
+    would connect to the configured endpoint, port 0."""
 
     def __init__(self, keys_dir: Path, config: Path):
-        super().__init__("--engine", "piper", "--config", str(config), endpoint=f"tcp://127.0.0.1:{free_port()}")
+        super().__init__("--engine", "piper", "--config", str(config), "--http", "off", endpoint="tcp://127.0.0.1:0")
         self.keys_dir = keys_dir
 
     def wait_ready(self) -> None:
+        self.endpoint = self._bound_endpoint()
         asyncio.run(self._wait_ready())
+
+    def _bound_endpoint(self) -> str:
+        """Until the coordinator listens: the endpoint it bound."""
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            for proc in process_tree_stats(self.proc.pid):
+                if proc["process"] == "pipeline.coordinator":
+                    try:
+                        ports = listening_tcp_ports(proc["pid"])
+                    except OSError:  # it exited meanwhile
+                        continue
+                    assert len(ports) <= 1, f"the coordinator listens on {ports}: which is the client socket?"
+                    if ports:
+                        return f"tcp://127.0.0.1:{ports[0]}"
+            time.sleep(0.05)
+        raise RuntimeError(f"the coordinator did not listen within {self.ready_timeout_s:.0f} s:\n{self.log_tail()}")
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -97,6 +136,8 @@ def test_keys_command_writes_a_server_pair_and_client_pairs(tmp_path):
 
 
 def test_a_client_with_the_right_keys_is_served(service, keys):
+    assert service.endpoint.startswith("tcp://127.0.0.1:") and not service.endpoint.endswith(":0")
+
     async def go():
         async with Client(service.endpoint, timeout_s=60, **curve(keys["service"], "client-2")) as client:
             reply = await client.status(10)
@@ -118,18 +159,53 @@ def stranger_keys(keys: dict[str, Path], who: str) -> dict:
     return {**right, "curve_server_key": wrong["curve_server_key"]}  # the right pair, another server's key
 
 
+REFUSALS = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH}
+
+
+class Knocker:
+    """A bare DEALER with a stranger's keys, watched by its monitor: it knows when it was turned away."""
+
+    def __init__(self, endpoint: str, keys: dict):
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if keys.get("curve_server_key") and keys.get("curve_client_keys"):
+            self.sock.curve_serverkey = keys["curve_server_key"]
+            self.sock.curve_publickey, self.sock.curve_secretkey = keys["curve_client_keys"]
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(REFUSALS))
+        self.sock.connect(endpoint)
+
+    async def turned_away(self, timeout_s: float = 10.0) -> int:
+        """The event that ended its first handshake; it must be a refusal."""
+        event = parse_monitor_message(await within(self.monitor.recv_multipart(), timeout_s))["event"]
+        assert event != zmq.EVENT_HANDSHAKE_SUCCEEDED, "a stranger's handshake succeeded"
+        return event
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close()
+        self.sock.close()
+        self.ctx.term()
+
+
 @pytest.mark.parametrize("who", ["no keys", "unknown client pair", "fresh client pair", "wrong server key"])
 def test_a_client_without_the_right_keys_gets_nothing(service, keys, who):
     async def go():
         t0 = time.monotonic()
         refused = asyncio.create_task(ask_status(service.endpoint, 1.5, **stranger_keys(keys, who)))
-        await asyncio.sleep(0.2)  # the stranger keeps knocking while the right client is served
-        served = await ask_status(service.endpoint, 10, **curve(keys["service"]))
+        knocker = Knocker(service.endpoint, stranger_keys(keys, who))
+        try:
+            # The right client is served while strangers are at the door: one has just been turned away.
+            event = await knocker.turned_away()
+            served = await ask_status(service.endpoint, 10, **curve(keys["service"]))
+        finally:
+            knocker.close()
         # The client library gives up within its timeout, the send included (it once hung on the send).
         with pytest.raises(ServiceUnavailable, match="no status reply|could not send"):
             await refused
-        return served, time.monotonic() - t0
-    served, refused_after = asyncio.run(go())
+        return served, event, time.monotonic() - t0
+    served, event, refused_after = asyncio.run(go())
+    assert event in REFUSALS
     assert served.healthy and served.state["serving"]
     assert refused_after < 1.5 + 1.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgpack
 import pytest
@@ -13,28 +14,77 @@ from pipeline.client import Client
 from pipeline.text.chunker import split_text
 from pipeline.wire import protocol as p
 from pipeline.wire.codec import decode, encode
-from service_support import collect, run, speak
+from service_support import Spoken, collect, run, speak
 
 pytestmark = pytest.mark.slow
 
 TEXT = "Hello there, my friend. The weather is fine today, and the sea is calm."
+MS = 0.01  # the service rounds its times to a microsecond; sums of several may differ by this much
+
+
+async def timed(spoken) -> tuple[Spoken, float]:
+    """What a request gave, and the milliseconds the client waited for all of it (request to done)."""
+    t0 = time.monotonic()
+    out = await spoken
+    return out, (time.monotonic() - t0) * 1000
+
+
+def check_metrics(out: Spoken, text: str, total_ms: float) -> None:
+    """The done metrics of a completed stream agree with what the client received and measured."""
+    m = out.metrics
+    rate = out.sample_rate
+    samples = sum(b.sample_count for b in out.blocks)
+    # Audio: what was received, and no more.
+    assert m["audio_s"] == pytest.approx(samples / rate, abs=1e-6) and samples > 0
+    assert m["blocks"] == len(out.blocks) and m["chunks"] <= m["messages"] <= m["blocks"]
+    assert m["seam_violations"] == 0 and m["violations"] == {} and m["order_violations"] == m["seq_gaps"] == 0
+    assert m["messages_dropped_slow_client"] == 0 and m["audio_dropped_slow_client_s"] == 0
+    assert m["cancelled"] is False and m["epoch"] == 0 and m["deliver"] == "client"
+    # Chunks: one event each, in order, at increasing offsets inside the audio, speaking the text in order.
+    assert m["chunks"] == len(out.chunks) >= 1
+    assert [c.index for c in out.chunks] == list(range(len(out.chunks)))
+    offsets = [c.sample_offset for c in out.chunks]
+    assert offsets[0] == 0 and offsets == sorted(set(offsets)) and offsets[-1] < samples
+    assert all(c.text == text[c.text_start:c.text_end] for c in out.chunks)
+    gaps = [text[:out.chunks[0].text_start]] + [text[a.text_end:b.text_start] for a, b in zip(out.chunks, out.chunks[1:])]
+    assert all(not gap.strip() for gap in gaps + [text[out.chunks[-1].text_end:]]), "every word in one chunk"
+    # Times: the service's intervals lie inside the client's.
+    assert 0 < m["ttfa_ms"] <= out.client_ttfa_ms <= total_ms
+    assert m["ttfa_ms"] <= m["first_send_ms"] <= out.client_ttfa_ms
+    assert m["ttfa_ms"] <= m["played_ttfa_ms"] <= total_ms
+    assert 0 < m["rtf"] and m["rtf"] * m["audio_s"] * 1000 <= total_ms
+    stages = m["stages_ms"]
+    assert all(v is not None and v >= 0 for v in stages.values()), stages
+    assert sum(stages[k] for k in ("chunker", "queue_wait", "engine_first_piece", "transport", "reassembler")) \
+        == pytest.approx(m["ttfa_ms"], abs=5 * MS), "the stages add up to the time to first audio"
+    assert stages["delivery"] == pytest.approx(m["first_send_ms"] - m["ttfa_ms"], abs=2 * MS)
+    # Playback as a listener would have heard it.
+    assert isinstance(m["underruns"], int) and m["underruns"] >= 0 and m["underrun_ms"] >= 0
+    assert (m["underruns"] == 0) == (m["underrun_ms"] == 0)
+    assert m["playback_end_ms"] == pytest.approx(m["played_ttfa_ms"] + m["audio_s"] * 1000 + m["underrun_ms"],
+                                                 abs=3 * MS)
+    assert m["prebuffer_ms"] >= 0 and m["max_lead_ms"] == out.accepted.max_lead_ms
+    assert m["profile"] == out.accepted.profile
+    for key in ("engine", "model", "dtype", "device", "worker"):
+        assert isinstance(m[key], str) and m[key], key
 
 
 def test_speak_returns_ordered_blocks_and_metrics(piper_service):
-    out = run(speak(piper_service.endpoint, TEXT))
+    out, total_ms = run(timed(speak(piper_service.endpoint, TEXT)))
     assert out.error is None
     out.assert_in_order()
     m = out.metrics
-    assert m["engine"] == "piper" and out.sample_rate == 22050
+    assert m["engine"] == "piper" and out.sample_rate == 22050 and out.accepted.sample_rate == 22050
     assert m["chunks"] == len(split_text(TEXT, engine_chars_per_s=m["chunk_budget_chars_per_s"])) >= 2
     assert m["seam_violations"] == 0
     assert m["blocks"] == len(out.blocks)
     block = 22050 * 25 // 1000
+    assert out.accepted.block_samples == block
     assert all(b.sample_count == block for b in out.blocks[:-1]) and 0 < out.blocks[-1].sample_count <= block
     assert 2.0 < m["audio_s"] < 10.0 and len(out.pcm) == round(m["audio_s"] * 22050)
-    for key in ("ttfa_ms", "played_ttfa_ms", "rtf", "underruns", "dtype", "device"):
-        assert key in m
     assert m["played_ttfa_ms"] >= m["ttfa_ms"] > 0
+    assert m["profile"] == "fast" and m["prebuffer_ms"] == 200 and m["max_lead_ms"] == 500  # config/defaults.toml
+    check_metrics(out, TEXT, total_ms)
 
 
 def test_streamed_deltas_give_the_same_chunks_as_whole_text(piper_service):
@@ -46,17 +96,20 @@ def test_streamed_deltas_give_the_same_chunks_as_whole_text(piper_service):
                 await asyncio.sleep(0)
             await utt.end()
             return await collect(utt)
-    out = run(go())
+    out, total_ms = run(timed(go()))
     assert out.error is None
     out.assert_in_order()
     assert out.metrics["chunks"] == len(split_text(TEXT, engine_chars_per_s=out.metrics["chunk_budget_chars_per_s"]))
     assert out.metrics["seam_violations"] == 0
+    check_metrics(out, TEXT, total_ms)
 
 
 def test_cinematic_profile_uses_its_block_size(piper_service):
-    out = run(speak(piper_service.endpoint, "One more, please.", profile="cinematic"))
-    assert out.blocks[0].sample_count == 22050 * 60 // 1000
+    out, total_ms = run(timed(speak(piper_service.endpoint, "One more, please.", profile="cinematic")))
+    assert out.error is None
+    assert out.blocks[0].sample_count == 22050 * 60 // 1000 == out.accepted.block_samples
     assert out.metrics["profile"] == "cinematic"
+    check_metrics(out, "One more, please.", total_ms)
 
 
 def test_cancel_mid_stream_stops_audio(piper_service):
@@ -78,16 +131,21 @@ def test_cancel_mid_stream_stops_audio(piper_service):
 
 
 def test_eight_concurrent_clients_each_get_their_own_audio(piper_service):
-    texts = [f"Client {i} says: " + "la " * (2 + 5 * i) + "and that is all." for i in range(8)]
+    # Client i speaks i + 1 sentences: each adds over a second of audio, more than the pauses that
+    # chunk cuts (which follow the measured engine speed) can add or take away.
+    texts = [f"Client {i} says: " + " ".join(f"Line {k} of mine is right here." for k in range(i + 1))
+             for i in range(8)]
 
     async def go():
-        return await asyncio.gather(*(speak(piper_service.endpoint, t) for t in texts))
-    outs = run(go())
-    for text, out in zip(texts, outs):
+        return await asyncio.gather(*(timed(speak(piper_service.endpoint, t)) for t in texts))
+    timed_outs = run(go())
+    outs = [out for out, _ in timed_outs]
+    for text, (out, total_ms) in zip(texts, timed_outs):
         assert out.error is None, out.error
         out.assert_in_order()
         assert out.metrics["chunks"] == len(split_text(text, engine_chars_per_s=out.metrics["chunk_budget_chars_per_s"]))
         assert out.metrics["seam_violations"] == 0
+        check_metrics(out, text, total_ms)  # each stream's chunk events speak its own text
     durations = [o.metrics["audio_s"] for o in outs]
     assert durations == sorted(durations), "longer texts must give longer audio: streams were mixed up"
 
@@ -182,9 +240,12 @@ def test_a_short_first_sentence_does_not_starve_playback(piper_service):
         async with Client(piper_service.endpoint, timeout_s=60) as client:
             # Unpaced: audio leaves as it is made, so the playback clock counts exactly the synthesis's
             # lateness, and the test takes seconds rather than the audio's half minute each.
-            return [await collect(client.speak(text, overrides={"max_lead_s": 0})) for text in SHORT_STARTS]
-    for text, out in zip(SHORT_STARTS, run(go())):
+            async def one(text: str) -> Spoken:  # the request is made inside the timing
+                return await collect(client.speak(text, overrides={"max_lead_s": 0}))
+            return [await timed(one(text)) for text in SHORT_STARTS]
+    for text, (out, total_ms) in zip(SHORT_STARTS, run(go())):
         assert out.error is None, out.error
+        check_metrics(out, text, total_ms)
         m = out.metrics
         print(f"\n{text[:20]!r}: chunks {m['chunks']}, played after {m['played_ttfa_ms']} ms, "
               f"underruns {m['underruns']} ({m['underrun_ms']} ms)")

@@ -20,6 +20,8 @@ from service_support import collect, run, speak
 
 pytestmark = pytest.mark.slow
 
+WAV_HEADER_BYTES = 44
+
 MORE = (" The tide began to run, and the gulls were loud over the harbour. The bread was warm, the coffee "
         "was strong, and nobody wanted to leave. We counted the boats, three blue and one red, and then we "
         "walked home along the shore.")
@@ -55,11 +57,9 @@ async def first_chunk_then_more(endpoint: str):
     client = Client(endpoint, timeout_s=60)
     utt = client.open_stream()
     await utt.send("Hello there, friend.")
-    blocks = []
-    async for block in utt:
-        blocks.append(block)
-        break
-    await asyncio.sleep(1.0)  # the first chunk is long finished; nothing else has been sent
+    blocks = [await anext(aiter(utt))]
+    # The first chunk finished (no worker holds anything) before anything else is sent.
+    await wait_for(endpoint, lambda s: bool(s["workers"]) and all(w["inflight"] == 0 for w in s["workers"]))
     await utt.send(MORE)
     await utt.end()
     rest = await collect(utt)
@@ -86,13 +86,18 @@ def test_worker_sigkill_is_detected_and_recovered(tmp_path):
         old_pid = before["workers"][0]["pid"]
 
         async def go():
-            task = asyncio.create_task(speak(svc.endpoint, "Hello there. " + MORE * 3))
-            await asyncio.sleep(0.3)
-            killed_at = time.time()
-            os.kill(old_pid, signal.SIGKILL)
-            dead, _ = await wait_for(svc.endpoint, lambda s: s["worker_deaths"] == 1, 5)
-            _, recovery = await wait_for(svc.endpoint, lambda s: s["workers"] and s["workers"][0]["pid"] != old_pid)
-            return await task, dead["last_worker_death"]["at"] - killed_at, recovery
+            async with Client(svc.endpoint, timeout_s=60) as client:
+                utt = client.speak("Hello there. " + MORE * 3)
+                first = await anext(aiter(utt))  # mid-stream: its audio has begun, most of it is still to come
+                rest = asyncio.create_task(collect(utt))
+                killed_at = time.time()
+                os.kill(old_pid, signal.SIGKILL)
+                dead, _ = await wait_for(svc.endpoint, lambda s: s["worker_deaths"] == 1, 5)
+                _, recovery = await wait_for(svc.endpoint,
+                                             lambda s: s["workers"] and s["workers"][0]["pid"] != old_pid)
+                out = await rest
+                out.blocks.insert(0, first)
+                return out, dead["last_worker_death"]["at"] - killed_at, recovery
         out, detection_s, recovery_s = run(go())
         assert detection_s < 1.0, f"death detected after {detection_s:.2f} s"
         print(f"worker SIGKILL: detected in {detection_s * 1000:.0f} ms, new worker ready in {recovery_s:.2f} s")
@@ -142,12 +147,21 @@ def test_sink_death_fails_only_the_streams_it_writes_and_the_service_recovers(tm
     with service(tmp_path, config=f'wav_dir = "{tmp_path / "wav"}"\n') as svc:
         sink_pid = run(status(svc.endpoint))["supervisor"]["processes"]["sink"]["pid"]
 
+        wav = tmp_path / "wav" / "long.wav"
+
         async def go():
             to_file = asyncio.create_task(speak(svc.endpoint, MORE * 12, deliver="wav:long.wav"))
-            to_client = asyncio.create_task(speak(svc.endpoint, MORE))
-            await asyncio.sleep(1.0)
-            os.kill(sink_pid, signal.SIGKILL)
-            return await to_file, await to_client
+            async with Client(svc.endpoint, timeout_s=60) as client:
+                utt = client.speak(MORE)
+                first = await anext(aiter(utt))  # the client's stream is under way ...
+                deadline = time.monotonic() + 30
+                while not (wav.is_file() and wav.stat().st_size > WAV_HEADER_BYTES):  # ... and so is the file's
+                    assert time.monotonic() < deadline, "the sink wrote no audio to the file within 30 s"
+                    await asyncio.sleep(0.02)
+                os.kill(sink_pid, signal.SIGKILL)
+                to_client = await collect(utt)
+                to_client.blocks.insert(0, first)
+            return await to_file, to_client
         to_file, to_client = run(go())
         assert to_file.error is not None and to_file.error.code == "sink_restarted"
         assert to_client.error is None and to_client.metrics["audio_s"] > 5, "client audio never passes the sink"
@@ -164,7 +178,7 @@ def test_coordinator_death_fails_streams_fast_and_clients_reconnect(tmp_path):
         async def go():
             async with Client(svc.endpoint, timeout_s=60) as client:
                 utt = client.speak(MORE * 6)
-                await asyncio.sleep(0.5)
+                await anext(aiter(utt))  # mid-stream: its audio has begun
                 killed = time.monotonic()
                 os.kill(coord_pid, signal.SIGKILL)
                 out = await collect(utt)
