@@ -142,13 +142,18 @@ def test_claim_of_a_free_path_returns_it_and_non_files_return_none(tmp_path):
     assert claim_ipc_path("inproc://x") is None
 
 
+def router_at(ctx: zmq.Context, path: Path) -> tuple[zmq.Socket, str, SocketFile | None]:
+    """A ROUTER bound (claimed) at ``path``: the socket, its endpoint and its socket file."""
+    endpoint = f"ipc://{path}"
+    sock = ctx.socket(zmq.ROUTER)
+    return sock, endpoint, bind_claimed(sock, endpoint)
+
+
 def test_a_stale_socket_file_is_replaced_by_the_bind(tmp_path, ctx):
     path = tmp_path / "stale.sock"
     stale_socket_file(path)
-    endpoint = f"ipc://{path}"
-    assert claim_ipc_path(endpoint) == str(path)
-    sock = ctx.socket(zmq.ROUTER)
-    owned = bind_claimed(sock, endpoint)
+    assert claim_ipc_path(f"ipc://{path}") == str(path)
+    sock, endpoint, owned = router_at(ctx, path)
     assert owned == SocketFile(str(path), path.stat().st_ino)
     assert roundtrip(ctx, sock, endpoint, b"hello") == b"hello", "the new bind serves the path"
     sock.close()
@@ -175,9 +180,7 @@ def test_a_regular_file_at_the_path_is_refused_and_kept(tmp_path, ctx):
 
 def test_a_socket_another_process_still_serves_is_refused_and_keeps_serving(tmp_path, ctx):
     path = tmp_path / "live.sock"
-    endpoint = f"ipc://{path}"
-    owner = ctx.socket(zmq.ROUTER)
-    owned = bind_claimed(owner, endpoint)
+    owner, endpoint, owned = router_at(ctx, path)
     inode = path.stat().st_ino
     with pytest.raises(zmq.ZMQError) as refused:
         claim_ipc_path(endpoint)
@@ -222,8 +225,7 @@ def wait_until_unserved(path: Path, timeout_s: float = 5.0) -> None:
 
 def bind_then_close(ctx: zmq.Context, path: Path) -> SocketFile:
     """A bind whose socket has closed since: ZeroMQ leaves the file behind, and nobody serves it."""
-    sock = ctx.socket(zmq.ROUTER)
-    owned = bind_claimed(sock, f"ipc://{path}")
+    sock, _, owned = router_at(ctx, path)
     sock.close()
     wait_until_unserved(path)
     assert path.is_socket()
@@ -253,10 +255,8 @@ def test_remove_deletes_only_the_file_it_bound(tmp_path, ctx):
 def test_remove_leaves_a_successors_file_even_when_the_filesystem_reuses_the_inode_number(tmp_path, ctx):
     """ext4 hands a freed inode number to the next file made: the successor's file then has ours."""
     path = tmp_path / "mine.sock"
-    endpoint = f"ipc://{path}"
     mine = bind_then_close(ctx, path)
-    second = ctx.socket(zmq.ROUTER)
-    theirs = bind_claimed(second, endpoint)
+    second, endpoint, theirs = router_at(ctx, path)
     try:
         mine.remove()
         assert path.exists() and path.stat().st_ino == theirs.inode, \
@@ -269,9 +269,7 @@ def test_remove_leaves_a_successors_file_even_when_the_filesystem_reuses_the_ino
 
 def test_remove_leaves_the_file_while_its_socket_still_serves_it(tmp_path, ctx):
     path = tmp_path / "open.sock"
-    endpoint = f"ipc://{path}"
-    sock = ctx.socket(zmq.ROUTER)
-    owned = bind_claimed(sock, endpoint)
+    sock, endpoint, owned = router_at(ctx, path)
     owned.remove()  # too early: the socket is open
     assert path.is_socket() and roundtrip(ctx, sock, endpoint, b"served") == b"served"
     sock.close()
