@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -48,6 +48,25 @@ WORKER_HWM = 100_000
 LAG_WINDOW_S = 10.0  # "recent" loop stalls: the longest in this window
 TICK_S = 0.01  # paced sends are batched into ticks at most this often
 SINK_PATIENCE_S = 2.0  # how long what goes to the sink waits for one to connect (it is starting or restarting)
+
+
+class Once:
+    """A callback queued on the running loop at most once until it runs (a wake-up never doubles it)."""
+
+    __slots__ = ("fn", "queued")
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+        self.queued = False
+
+    def __call__(self) -> None:
+        if not self.queued:
+            self.queued = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        self.queued = False
+        self.fn()
 
 
 class CoordinatorShell:
@@ -99,11 +118,11 @@ class CoordinatorShell:
         self._bound: list[str] = []
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._service_scheduled = False
+        self._service_soon = Once(self._service)
         self._wake_handle: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None
         self._last_tick = 0.0
-        self._pumping = False
+        self._pump_soon = Once(self._pump)
         self._auth = None
         self.lag_max_ms = 0.0  # the longest any of our callbacks held the loop
         self.lag_recent_ms = 0.0
@@ -140,9 +159,9 @@ class CoordinatorShell:
             self.worker_endpoint = self.remote_workers.getsockopt(zmq.LAST_ENDPOINT).decode()
             log.info("workers on other hosts join on %s", self.worker_endpoint)
         for sock in self._watched():
-            loop.add_reader(sock.getsockopt(zmq.FD), self._schedule_service)
+            loop.add_reader(sock.getsockopt(zmq.FD), self._service_soon)
         tasks = [asyncio.create_task(self._housekeeping())]
-        self._schedule_service()
+        self._service_soon()
         stop = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         if stop not in done:  # a loop ended: this coordinator is half deaf, let the supervisor replace it
@@ -176,15 +195,9 @@ class CoordinatorShell:
 
     # -- the service round ---------------------------------------------------
 
-    def _schedule_service(self) -> None:
-        if not self._service_scheduled:
-            self._service_scheduled = True
-            self._loop.call_soon(self._service)
-
     def _service(self) -> None:
         """Read what has arrived on every socket, let the core decide, send what it decided."""
         started = time.monotonic()
-        self._service_scheduled = False
         more = False
         for sock, handle, zero_copy_from in self._inputs:
             self._tick_if_due()  # paced audio first: a long round must not starve a playing listener
@@ -202,7 +215,7 @@ class CoordinatorShell:
         self._drain_outboxes()
         self._arm_wake()
         if more or any(readable(s) for s, _, _ in self._inputs):
-            self._schedule_service()  # the rest next round: other callbacks run first
+            self._service_soon()  # the rest next round: other callbacks run first
         self._timed(started)
 
     def _safely(self, handle, frames) -> None:
@@ -225,7 +238,7 @@ class CoordinatorShell:
             log.info("client %s disconnected", identity.hex())
             self._client_gone(identity)
         if self.core.unchunked:
-            self._start_pump()
+            self._pump_soon()
 
     def _on_local_worker(self, frames: list) -> None:
         identity = frames[0]
@@ -269,8 +282,8 @@ class CoordinatorShell:
         edge-triggered): whatever waits unread is then served by a round scheduled here, not left until
         some unrelated message wakes the loop."""
         self._send_decided()
-        if not self._service_scheduled and any(readable(s) for s in self._watched()):
-            self._schedule_service()
+        if not self._service_soon.queued and any(readable(s) for s in self._watched()):
+            self._service_soon()
 
     def _send_decided(self) -> None:
         for dest, address, msg in self.core.take():
@@ -330,7 +343,7 @@ class CoordinatorShell:
 
     def _retry_now(self, what: str) -> None:
         self._retries.discard(what)
-        self._schedule_service()
+        self._service_soon()
 
     def _to_worker(self, identity: bytes, msg: p.Message) -> None:
         try:
@@ -442,11 +455,6 @@ class CoordinatorShell:
         self._arm_wake()
         self._timed(self._last_tick)
 
-    def _start_pump(self) -> None:
-        if not self._pumping:
-            self._pumping = True
-            self._loop.call_soon(self._pump)
-
     def _pump(self) -> None:
         """One slice of long text per turn of the loop: other clients are served in between."""
         started = time.monotonic()
@@ -458,9 +466,8 @@ class CoordinatorShell:
             more = False
         self._flush()
         self._arm_wake()
-        self._pumping = more
         if more:
-            self._loop.call_soon(self._pump)
+            self._pump_soon()
         self._timed(started)
 
     async def _housekeeping(self) -> None:
