@@ -85,7 +85,10 @@ class WorkerHarness:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def close(self) -> None:
+    def __enter__(self) -> "WorkerHarness":
+        return self
+
+    def __exit__(self, *exc) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(WAIT_S)
@@ -96,11 +99,8 @@ class WorkerHarness:
 
 @pytest.fixture
 def worker():
-    harness = WorkerHarness()
-    try:
+    with WorkerHarness() as harness:
         yield harness
-    finally:
-        harness.close()
 
 
 def test_the_handshake_names_the_engine_and_its_pid(worker):
