@@ -12,7 +12,7 @@ client-side TTFAs are reported too.
 
 The HTTP client is a minimal keep-alive HTTP/1.1 reader (chunked body), so
 the figure is the gateway's cost, not an HTTP library's. The engine is a
-parameter (``serve_args``): Piper by default.
+parameter (``serve_args``): the null engine by default.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ async def measure(endpoint: str, http_url: str, pairs: int, text: str = SENTENCE
     }
 
 
-def run_gateway_bench(serve_args: tuple[str, ...] = ("--engine", "piper"), pairs: int = 60) -> dict[str, Any]:
+def run_gateway_bench(serve_args: tuple[str, ...] = ("--engine", "null"), pairs: int = 60) -> dict[str, Any]:
     with ServiceProcess(*serve_args) as svc:
         result = asyncio.run(measure(svc.endpoint, svc.http_url, pairs))
         result["processes"] = process_tree_stats(svc.proc.pid)

@@ -340,6 +340,21 @@ def test_audio_a_slow_client_could_not_take_is_counted_in_its_done():
     assert not core.take()
 
 
+def test_audio_dropped_after_its_stream_id_was_reused_counts_against_the_old_stream():
+    core = core_with()
+    core.client_message(C, p.Speak(stream="s", text="Hi there.", overrides={"max_lead_s": 0}), 0.0)
+    [chunk] = sent(core, WORKER, p.SynthChunk)
+    core.worker_message(W, piece(chunk, 0, 0, RATE // 2, False), 0.0)
+    core.client_message(C, p.Cancel(stream="s"), 0.1)  # in the same round: its audio is not sent yet
+    core.client_message(C, p.Speak(stream="s", text="Again.", overrides={"max_lead_s": 0}), 0.1)
+    out = core.take()
+    [old_audio] = split(out, CLIENT, p.Audio)
+    [cancelled] = split(out, CLIENT, p.Done)
+    core.audio_dropped(C, old_audio)
+    assert cancelled.metrics["messages_dropped_slow_client"] == 1
+    assert core.by_client[(C, "s")].samples_dropped == 0, "the new stream of that name lost nothing"
+
+
 # -- the sink's deliveries ---------------------------------------------------------
 
 def test_wav_delivery_goes_one_way_to_the_sink_and_done_waits_for_the_file(tmp_path):

@@ -30,7 +30,7 @@ from pathlib import Path
 import zmq
 
 from pipeline.processes.lifeline import die_with_parent
-from pipeline.settings import out_of_bounds
+from pipeline.settings import SAMPLING_BOUNDS, out_of_bounds
 from pipeline.wire import protocol as p
 from pipeline.wire.runpaths import RunPaths
 
@@ -162,7 +162,7 @@ class SynthesisLoop:
                        language=msg.language, voice=msg.voice, sampling=dict(msg.sampling), priority=msg.priority,
                        forced_tokens=msg.forced_tokens or None, deadline=now + max(0.0, msg.due_ms) / 1000,
                        t_received=now)
-        problem = out_of_bounds(job.sampling)
+        problem = out_of_bounds(job.sampling, getattr(self.engine, "sampling_bounds", SAMPLING_BOUNDS))
         if problem:  # whoever sent it, no engine is handed sampling values a profile may not hold
             self._send_result(JobFailed(job, f"bad sampling settings: {problem}"))
             return
@@ -252,6 +252,7 @@ def serve(run: RunPaths, name: str, link: Link | None = None, device: str = "", 
         io.send(p.Dead(worker=name, reason=f"engine failed to start: {exc}"))
         io.flush_and_close()
         ctx.term()
+        io.remove_ctl_file()
         return 2
     info = engine.info
     ready = p.Ready(worker=name, engine=info.engine, model=info.model, sample_rate=info.sample_rate,
@@ -274,6 +275,7 @@ def serve(run: RunPaths, name: str, link: Link | None = None, device: str = "", 
     engine.close()
     io.flush_and_close()
     ctx.term()
+    io.remove_ctl_file()
     log.info("worker %s stopped", name)
     return code
 

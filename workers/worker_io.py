@@ -20,7 +20,7 @@ from zmq.utils.monitor import parse_monitor_message
 from pipeline.wire import protocol as p
 from pipeline.wire.codec import DecodeError, decode, encode
 from pipeline.wire.frames import recv_frames, send_frames
-from pipeline.wire.runpaths import unlink_ipc
+from pipeline.wire.runpaths import bind_claimed
 
 log = logging.getLogger("xtts_stream.worker")
 
@@ -57,7 +57,7 @@ class WorkerIO(threading.Thread):
         self.dealer.connect(link.endpoint)
         self.ctl = ctx.socket(zmq.PULL)
         self.ctl.setsockopt(zmq.LINGER, 0)
-        self.ctl.bind(ctl_endpoint)
+        self.ctl_file = bind_claimed(self.ctl, ctl_endpoint)
         self.pipe_in = ctx.socket(zmq.PULL)
         self.pipe_in.bind(f"inproc://out-{id(self)}")
         self.pipe_out = ctx.socket(zmq.PUSH)  # used by the synthesis thread only
@@ -117,4 +117,8 @@ class WorkerIO(threading.Thread):
         self.dealer.disable_monitor()
         for sock in (self.monitor, self.pipe_out, self.pipe_in, self.ctl, self.dealer):
             sock.close()
-        unlink_ipc(self.ctl_endpoint)
+
+    def remove_ctl_file(self) -> None:
+        """Once the context is terminated (the control socket no longer listens)."""
+        if self.ctl_file is not None:
+            self.ctl_file.remove()

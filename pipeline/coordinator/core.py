@@ -536,7 +536,9 @@ class CoordinatorCore:
         """The shell could not hand a slow client this audio in time: count it against the stream."""
         st = self.by_client.get((identity, msg.stream))
         self.counters["messages_dropped_slow_client"] += 1
-        if st is not None:
+        # The open stream of that name, if the message is its own: an id reused in the same round (cancel,
+        # then speak) names a new stream whose first message is still to come.
+        if st is not None and msg.epoch == st.epoch and msg.seq < st.messages:
             st.samples_dropped += msg.sample_count
             st.messages_dropped += 1
             return

@@ -11,7 +11,6 @@ time. Elsewhere than glibc it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from typing import Callable
 
@@ -20,8 +19,7 @@ log = logging.getLogger("xtts_stream.coordinator")
 
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
+        return ctypes.CDLL("libc.so.6").malloc_trim  # no find_library: it runs ldconfig (or gcc) at start
     except (OSError, AttributeError):
         return None
 

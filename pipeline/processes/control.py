@@ -10,19 +10,21 @@ import zmq.asyncio
 
 from pipeline.wire import protocol as p
 from pipeline.wire.codec import DecodeError, decode
-from pipeline.wire.runpaths import unlink_ipc
+from pipeline.wire.runpaths import bind_claimed
 
 log = logging.getLogger("xtts_stream.control")
 
 
 async def watch_for_shutdown(endpoint: str, stop: Callable[[], None]) -> None:
     """Bind ``endpoint`` and call ``stop`` when a Shutdown arrives; anything else is logged and ignored.
-    Returns after the Shutdown; the socket and its file are gone when it returns or is cancelled."""
+    Returns after the Shutdown; the socket and its file are gone when it returns, is cancelled or
+    cannot bind (a live process already serves the endpoint: ZMQError)."""
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(endpoint)
+    owned = None
     try:
+        owned = bind_claimed(sock, endpoint)
         while True:
             try:
                 msg = decode(await sock.recv_multipart())
@@ -37,4 +39,5 @@ async def watch_for_shutdown(endpoint: str, stop: Callable[[], None]) -> None:
     finally:
         sock.close()
         ctx.term()
-        unlink_ipc(endpoint)
+        if owned is not None:
+            owned.remove()

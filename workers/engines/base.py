@@ -116,7 +116,9 @@ class Engine(Protocol):
         ...
 
     # Optional: `next_ready_in() -> float | None`, seconds until step() will have something
-    # (an engine that paces itself); `memory_bytes() -> int`, memory held on its device.
+    # (an engine that paces itself); `memory_bytes() -> int`, memory held on its device;
+    # `sampling_bounds`, the sampling values it takes when they differ from a profile's
+    # (`pipeline.settings.SAMPLING_BOUNDS`), checked by the worker before a job reaches it.
 
 
 def to_pcm16(samples: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from .frames import FrameChain
 from .gpt_decoder import GptDecoder
 from .graphs import DecodeRunner
 from .pieces import PieceDispatcher
-from .sampling import Sampler, SamplingParams
+from .sampling import GREEDY_ALLOWED, Sampler, SamplingParams
 from .scheduling import FirstPiecesFirst, urgent
 from .transfer import long_tensor, start_to_host, to_device
 from .vocoder import IncrementalVocoder, VocoderSettings, VocoderStream, fold_weight_norm, window_widths
@@ -82,6 +82,8 @@ class _Decoding:
 
 
 class FastXttsEngine:
+    sampling_bounds = GREEDY_ALLOWED  # greedy decoding (temperature 0) too
+
     def __init__(self, model: Any, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  settings: FastSettings | None = None, model_name: str = "xtts-v2",
                  voices: Callable[[str], tuple[torch.Tensor, torch.Tensor]] | None = None,
