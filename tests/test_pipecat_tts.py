@@ -180,9 +180,9 @@ def turns(text: str, count: int):
 def check_ttfb(h: Harness) -> None:
     """Pipecat's TTFB runs from the turn's first token reaching the TTS to its first audio frame; the
     service's ttfa_ms from accepting the stream (opened at that same token) to its first block leaving
-    its reassembler. What lies between is the way there and back: the block passes the service's sink
-    process and the coordinator again before the client has it (client_ttfa_ms), and on a busy 2-core
-    machine that return trip alone varies from 2 to 50 ms. So: Pipecat's own share (after the client
+    its reassembler. What lies between is the block's way from the coordinator to the client
+    (client_ttfa_ms), and on a 2-core machine where Piper is synthesizing on both cores that hop
+    alone varies from 1 to 50 ms. So: Pipecat's own share (after the client
     library has the block) is held to 5 ms every turn, and the best turn, where the trip was quick,
     to 5 ms of ttfa_ms: the two clocks measure the same interval, with no offset of their own."""
     ttfb = ttfb_values_ms(h.down.frames)
