@@ -6,7 +6,7 @@ service. Each request's time to first audio byte is taken where its client
 sees it; the coordinator's own TTFA for the same request (text accepted to
 first block out of the reassembler) is subtracted from it, so the engine's
 run-to-run variation cancels and what remains is each path's own travel:
-client -> coordinator -> sink -> client, plus the gateway for HTTP. The figure
+client -> coordinator -> client, plus the gateway for HTTP. The figure
 reported is, per pair, HTTP's travel minus ZeroMQ's (p50 and p95); the raw
 client-side TTFAs are reported too.
 
