@@ -51,22 +51,28 @@ SINK_PATIENCE_S = 2.0  # how long what goes to the sink waits for one to connect
 
 
 class Once:
-    """A callback queued on the running loop at most once until it runs (a wake-up never doubles it)."""
+    """A callback queued on the running loop at most once until it runs (a wake-up never doubles it);
+    after `close` it never runs again (the sockets it would read are gone)."""
 
-    __slots__ = ("fn", "queued")
+    __slots__ = ("fn", "queued", "closed")
 
     def __init__(self, fn: Callable[[], None]) -> None:
         self.fn = fn
         self.queued = False
+        self.closed = False
 
     def __call__(self) -> None:
-        if not self.queued:
+        if not self.queued and not self.closed:
             self.queued = True
             asyncio.get_running_loop().call_soon(self._run)
 
     def _run(self) -> None:
         self.queued = False
-        self.fn()
+        if not self.closed:
+            self.fn()
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class CoordinatorShell:
@@ -175,6 +181,11 @@ class CoordinatorShell:
     def _shutdown(self) -> None:
         self.core.shutdown()
         self._flush()
+        # Nothing queued on the loop may touch the sockets once they are closed below.
+        self._service_soon.close()
+        self._pump_soon.close()
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
         for sock in self._watched():
             self._loop.remove_reader(sock.getsockopt(zmq.FD))
         for pidfd in self._pidfds.values():
