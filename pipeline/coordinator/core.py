@@ -33,8 +33,8 @@ log = logging.getLogger("xtts_stream.coordinator")
 CLIENT, WORKER, SINK, KILL = "client", "worker", "sink", "kill"
 TEXT_SLICE = 4096  # characters chunked per turn of the event loop: long text never stalls it
 MAX_REMEMBERED_CANCELS = 4096
-SPEED_MARGIN = 0.8
-MIN_WAKE_GAP_S = 0.001  # the measured speed varies with the machine's load; plan for less
+SPEED_MARGIN = 0.8  # the measured speed varies with the machine's load; plan for less
+MIN_WAKE_GAP_S = 0.001
 
 
 class CoordinatorCore:
